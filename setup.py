@@ -1,0 +1,39 @@
+"""Installable package: `pip install -e .[dev]` (tests) or `pip install -e .[bench]` (side-by-side peers).
+
+torch is pinned only from below: on the project's CPU machines `pip install torch==2.13.0` (a CPU build)
+is installed first by scripts/setup_env.sh, and this range then installs nothing more.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="grpo-sega",
+    version="0.1.0",  # kept < 0.18: transformers probes a hub package also named `kernels` by version
+    description="Readable, reference-tested GRPO / DAPO / Dr. GRPO / GSPO and SEGA in pure PyTorch",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["grpo", "grpo.*", "sega", "sega.*", "rewards", "rewards.*",
+                                    "kernels", "kernels.*"]),
+    package_data={"grpo": ["data/*.jsonl", "data/*.json"], "sega": ["data/*.jsonl"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.56",
+        "peft>=0.17",
+        "bitsandbytes>=0.45",
+        "safetensors>=0.4",
+        "datasets>=3.0",
+        "sentence-transformers>=3.0",
+        "numpy>=1.26",
+        "gguf>=0.10",
+        "tqdm>=4.66",
+        "pyyaml>=6.0",
+        "matplotlib>=3.8",
+        "psutil>=5.9",
+        "triton>=3.0; platform_system == 'Linux'",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "hypothesis>=6.100"],
+        "bench": ["trl>=0.20"],
+        "tensorboard": ["tensorboard>=2.15"],
+    },
+)

@@ -1,0 +1,93 @@
+"""Run outputs: atomic writes, metrics JSONL, run-name resolution, seeding."""
+import json
+import os
+import random
+
+import pytest
+import torch
+
+from grpo.run import (MetricsWriter, RunDir, atomic_dir, atomic_path, atomic_write_json, read_metrics,
+                      resolve_run_path, rng_state, seed_everything, set_rng_state)
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temporaries(tmp_path):
+    target = tmp_path / "sub" / "config.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert sorted(os.listdir(target.parent)) == ["config.json"]
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "x.json"
+    atomic_write_json(target, {"ok": True})
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"bad": object()})  # not serialisable: fails before any rename
+    assert json.loads(target.read_text()) == {"ok": True}
+    assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_atomic_path_renames_only_on_success(tmp_path):
+    target = tmp_path / "plot.png"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash while writing")
+    assert not target.exists() and os.listdir(tmp_path) == []
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"full")
+    assert target.read_bytes() == b"full"
+
+
+def test_atomic_dir_replaces_a_checkpoint_whole(tmp_path):
+    ckpt = tmp_path / "step-000001"
+    with atomic_dir(ckpt) as tmp:
+        (tmp / "a.bin").write_bytes(b"1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(ckpt) as tmp:
+            (tmp / "a.bin").write_bytes(b"2")
+            raise RuntimeError("crash")
+    assert (ckpt / "a.bin").read_bytes() == b"1"
+    with atomic_dir(ckpt) as tmp:
+        (tmp / "b.bin").write_bytes(b"3")
+    assert sorted(os.listdir(ckpt)) == ["b.bin"] and os.listdir(tmp_path) == ["step-000001"]
+
+
+def test_metrics_writer_appends_and_truncates_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with MetricsWriter(path) as mw:
+        for step in range(1, 5):
+            mw.log(step, {"reward": torch.tensor(step / 2), "nan": float("nan")})
+    with open(path, "a") as f:
+        f.write('{"step": 5, "rew')  # torn line from a crash
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4]
+    assert read_metrics(path)[0] == {"step": 1, "reward": 0.5, "nan": None}
+    with MetricsWriter(path, truncate_after_step=2) as mw:
+        mw.log(3, {"reward": 9.0})
+    assert [(r["step"], r["reward"]) for r in read_metrics(path)] == [(1, 0.5), (2, 1.0), (3, 9.0)]
+
+
+def test_run_names_resolve_to_the_final_model_of_that_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRPO_OUTPUT_ROOT", str(tmp_path / "outputs"))
+    run = RunDir(tmp_path / "outputs" / "rl_sft_model")
+    run.final.mkdir()
+    assert resolve_run_path("rl_sft_model") == run.final
+    assert resolve_run_path(str(run.path)) == run.final
+    assert resolve_run_path("no_such_run") == type(run.path)("no_such_run")
+
+
+def test_latest_checkpoint_ignores_temporaries(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.checkpoint(3).mkdir()
+    run.checkpoint(12).mkdir()
+    (run.checkpoints / ".step-000020.abc.tmp").mkdir()
+    assert run.latest_checkpoint() == run.checkpoint(12)
+
+
+def test_rng_state_round_trip_reproduces_draws():
+    seed_everything(7)
+    state = rng_state()
+    a = (random.random(), torch.rand(3))
+    set_rng_state(state)
+    b = (random.random(), torch.rand(3))
+    assert a[0] == b[0] and torch.equal(a[1], b[1])
