@@ -1,0 +1,255 @@
+"""The GRPO policy loss: importance ratio, clipped surrogate, k3 KL, entropy bonus, aggregation.
+
+Objective, minimised (DeepSeekMath arXiv 2402.03300 Eq. 3; DAPO arXiv 2503.14476 §3; Dr. GRPO
+arXiv 2503.20783 §3.1; GSPO arXiv 2507.18071 §4; forking tokens arXiv 2506.01939):
+
+    ρ_{i,t} = exp(lp_θ − lp_old)                                     token level (GRPO)
+    s_i     = exp(Σ_t m (lp_θ − lp_old) / Σ_t m), same for every t    sequence level (GSPO)
+    ℓ_{i,t} = −min(ρ̃·A_i, clip(ρ, 1−ε_low, 1+ε_high)·A_i),  ρ̃ = min(ρ, δ) (two-sided clipping)
+    loss    = Agg(sel·ℓ) + β·Agg(kl_k3) − c·Σ_sel H / K_sel
+
+    Agg over the generation batch (N sequences, all micro-batches and ranks), L = max_completion_length:
+      grpo     (1/N) Σ_i (1/|o_i|) Σ_t x_{i,t}     sequence-mean of token-means
+      dapo     Σ_{i,t} x / Σ_{i,t} m                token-mean over the whole batch
+      dr_grpo  Σ_{i,t} x / (N · L)                  constant normaliser
+      bnpo     Σ_{i,t} x / Σ_{i,t} m                over the *local* micro-batch only
+
+Symbol → code:
+
+    lp_θ, lp_old, lp_ref  logp, old_logp, ref_logp   (N, T) log-probs of the sampled tokens
+    m                     completion_mask            (N, T) bool, up to and including the first EOS
+    sel                   token_mask                 (N, T) bool forking tokens (None = every token)
+    A_i                   advantages                 (N,) from grpo.advantages, (B, G) flattened
+    ρ or s_i              ratio                      (N, T)
+    ε_low, ε_high, δ      eps_low, eps_high, delta
+    β, c, H               beta, entropy_coef, entropy   H: per-token entropy (carries grad)
+    N, Σ m, K_sel, L      num_sequences, num_tokens, num_selected_tokens, max_completion_length
+
+Implementation details:
+
+[D1] Every aggregator returns this micro-batch's *share*: the normalisers count the whole generation batch,
+     so summing the losses over micro-batches (and ranks) gives the full-batch loss and the gradient of an
+     optimiser step does not depend on the split. DDP averages gradients over ranks: the caller multiplies
+     by the world size. Fully masked sequences still count in N (as TRL's `.mean()` over rows).
+[D2] bnpo is by definition the local token-mean and is NOT split-invariant. Its share is weighted by the
+     micro-batch's fraction of sequences, N_local / N: equal micro-batches give TRL's `loss / grad_accum`,
+     a single micro-batch gives dapo.
+[D3] Padding (¬m) may hold anything (NaN, ±inf): every per-token input is zeroed there before any exp, so
+     padding changes neither the loss nor the gradient (exactly 0 on padding).
+[D4] GSPO keeps the gradient through the mean, ∇s_i = s_i·(1/|o_i|)·Σ_t ∇lp_θ (GSPO §4.2; TRL likewise).
+     At μ = 1 (ρ ≡ 1) token and sequence level then give the same gradient for every loss_type.
+[D5] δ caps the unclipped branch only (TRL `delta`, from INTELLECT-2): ρ̃ = min(ρ, δ). We require
+     δ ≥ 1 + ε_high; a smaller δ would cut inside the trust region.
+[D6] Clip fractions as TRL logs them: low = (ρ < 1−ε_low) ∧ (A < 0), high = (ρ > 1+ε_high) ∧ (A > 0),
+     region = low ∨ high. All stats are means over the local completion tokens (for GSPO a long sequence
+     weighs more than in TRL's per-sequence mean); combine micro-batches weighted by `num_tokens`.
+[D7] Forking tokens: sel restricts the surrogate only; the GSPO mean still runs over all of m.
+     token_normalizer "all_tokens" (paper, TRL) keeps the loss_type's denominators (Σ m, |o_i|);
+     "selected_tokens" (official code) counts selected tokens instead (K_sel, |sel_i|, local Σ sel).
+     dr_grpo's denominator is a constant, so it rejects "selected_tokens".
+[D8] The KL applies to every completion token with the all-token denominators (TRL adds β·kl after the
+     entropy mask). The entropy bonus applies to the selected tokens (TRL: "so it acts on the same tokens")
+     as a token-mean −c·Σ_sel H / K_sel whatever the loss_type (TRL: a mean entropy, not scaled by the
+     policy normaliser); K_sel counts the whole batch, so the bonus is split-invariant too.
+[D9] mask_truncated_completions (DAPO overlong filtering) is the caller's: pass `completion_mask &
+     ~truncated[:, None]` and count num_tokens from it; such sequences then contribute nothing.
+[D10] Math in fp32 (fp64 if given fp64); masks are bool. Stats are detached 0-dim tensors (no host sync).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from grpo.kl import kl_k3
+
+Count = int | float | torch.Tensor  # a token or sequence count, possibly all-reduced (0-dim tensor)
+
+
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))  # [D10]
+
+
+def _at_least_one(count: Count) -> Count:
+    return count.clamp(min=1) if isinstance(count, torch.Tensor) else max(count, 1)  # no host sync
+
+
+def token_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
+    """ρ_{i,t} = exp(lp_θ − lp_old). Inputs (N, T), finite (padding zeroed [D3]); returns (N, T)."""
+    return torch.exp(logp - old_logp)  # (N, T)
+
+
+def sequence_ratio(logp: torch.Tensor, old_logp: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """s_i = exp(Σ_t m (lp_θ − lp_old) / Σ_t m) (GSPO §4.1), the same value for every token of sequence i.
+
+    Gradient flows through lp_θ in the mean [D4]; a sequence with no completion token gets s_i = 1.
+    Args: logp, old_logp (N, T) float; completion_mask (N, T) bool. Returns (N, T).
+    """
+    log_ratio = torch.where(completion_mask, logp - old_logp, 0.0)  # (N, T)  [D3]
+    mean_log_ratio = log_ratio.sum(-1) / completion_mask.sum(-1).clamp(min=1)  # (N,)
+    return torch.exp(mean_log_ratio)[:, None].expand_as(logp)  # (N, T)
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, *, eps_low: float, eps_high: float,
+                      delta: float | None = None) -> torch.Tensor:
+    """ℓ = −min(ρ̃·A, clip(ρ, 1−ε_low, 1+ε_high)·A), ρ̃ = min(ρ, δ) if δ is set else ρ [D5].
+
+    Args: ratio (N, T); advantages broadcastable to it, e.g. (N, 1). Returns (N, T) per-token loss.
+    """
+    assert delta is None or delta >= 1 + eps_high, f"delta must be >= 1 + eps_high [D5], got {delta}"
+    capped = ratio if delta is None else ratio.clamp(max=delta)  # ρ̃  [D5]
+    pg_loss1 = -advantages * capped  # (N, T)
+    pg_loss2 = -advantages * ratio.clamp(1 - eps_low, 1 + eps_high)  # (N, T)
+    return torch.maximum(pg_loss1, pg_loss2)  # −min(a, b) = max(−a, −b)
+
+
+def clipped_tokens(ratio: torch.Tensor, advantages: torch.Tensor, *, eps_low: float,
+                   eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """low = (ρ < 1−ε_low) ∧ (A < 0), high = (ρ > 1+ε_high) ∧ (A > 0): where the clip zeroes the gradient [D6].
+
+    Args: ratio (N, T); advantages broadcastable, e.g. (N, 1). Returns (low, high), each (N, T) bool.
+    """
+    low = (ratio < 1 - eps_low) & (advantages < 0)  # (N, T)
+    high = (ratio > 1 + eps_high) & (advantages > 0)  # (N, T)
+    return low, high
+
+
+# Aggregators: x (N, T) per-token loss, mask (N, T) bool -> this micro-batch's share of Agg(x) [D1].
+def aggregate_grpo(x: torch.Tensor, mask: torch.Tensor, *, num_sequences: Count, num_tokens: Count,
+                   max_completion_length: int) -> torch.Tensor:
+    """(1/N) Σ_i (1/|o_i|) Σ_t m·x: sequence-mean of token-means (DeepSeekMath Eq. 3)."""
+    seq_mean = x.masked_fill(~mask, 0.0).sum(-1) / mask.sum(-1).clamp(min=1)  # (N_local,)
+    return seq_mean.sum() / num_sequences  # [D1]
+
+
+def aggregate_dapo(x: torch.Tensor, mask: torch.Tensor, *, num_sequences: Count, num_tokens: Count,
+                   max_completion_length: int) -> torch.Tensor:
+    """Σ_{i,t} m·x / Σ_{i,t} m over the whole generation batch (DAPO §3.3, token-level loss)."""
+    return x.masked_fill(~mask, 0.0).sum() / _at_least_one(num_tokens)  # [D1]
+
+
+def aggregate_dr_grpo(x: torch.Tensor, mask: torch.Tensor, *, num_sequences: Count, num_tokens: Count,
+                      max_completion_length: int) -> torch.Tensor:
+    """Σ_{i,t} m·x / (N · L) (Dr. GRPO §3.1: a constant replaces the length normalisation)."""
+    return x.masked_fill(~mask, 0.0).sum() / (num_sequences * max_completion_length)  # [D1]
+
+
+def aggregate_bnpo(x: torch.Tensor, mask: torch.Tensor, *, num_sequences: Count, num_tokens: Count,
+                   max_completion_length: int) -> torch.Tensor:
+    """(N_local / N) · Σ_{i,t} m·x / Σ_{i,t} m over the local micro-batch: NOT split-invariant [D2]."""
+    local_mean = x.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)  # ()
+    return local_mean * (mask.shape[0] / num_sequences)  # [D2]
+
+
+AGGREGATE = {"grpo": aggregate_grpo, "dapo": aggregate_dapo, "dr_grpo": aggregate_dr_grpo,
+             "bnpo": aggregate_bnpo}
+
+
+@dataclass
+class PolicyLossStats:
+    """Detached 0-dim tensors [D10]; means over the local completion tokens [D6]."""
+    pg_loss: torch.Tensor  # this micro-batch's share of the surrogate term (no KL, no entropy)
+    kl: torch.Tensor | None  # mean k3 KL to the reference; None without ref_logp
+    entropy: torch.Tensor | None  # mean per-token entropy; None without entropy
+    ratio_mean: torch.Tensor  # mean ρ (GSPO: s_i, counted once per token)
+    clip_low: torch.Tensor  # fraction of tokens with ρ < 1−ε_low and A < 0
+    clip_high: torch.Tensor  # fraction of tokens with ρ > 1+ε_high and A > 0
+    clip_region: torch.Tensor  # clip_low + clip_high
+    num_tokens: torch.Tensor  # local Σ m: the weight for combining micro-batch stats
+    num_selected_tokens: torch.Tensor  # local Σ m·sel
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                completion_mask: torch.Tensor, *, loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"],
+                eps_low: float, eps_high: float, delta: float | None = None,
+                importance_sampling_level: Literal["token", "sequence"] = "token",
+                ref_logp: torch.Tensor | None = None, beta: float = 0.0,
+                entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
+                token_mask: torch.Tensor | None = None,
+                token_normalizer: Literal["all_tokens", "selected_tokens"] = "all_tokens",
+                num_sequences: Count, num_tokens: Count, num_selected_tokens: Count | None = None,
+                max_completion_length: int) -> tuple[torch.Tensor, PolicyLossStats]:
+    """loss = Agg(sel·ℓ) + β·Agg(kl_k3) − c·Σ_sel H / K_sel, this micro-batch's share [D1].
+
+    Args:
+        logp: (N, T) current-policy log-probs of the sampled tokens (carries grad); old_logp, ref_logp:
+            (N, T) behaviour / reference log-probs (no grad). Any float dtype, anything on padding [D3].
+        advantages: (N,) one per sequence. completion_mask: (N, T) bool, truncation applied [D9].
+        entropy: (N, T) per-token entropy H (carries grad); required when entropy_coef != 0.
+        token_mask: (N, T) bool forking-token selection [D7], or None for every token.
+        num_sequences, num_tokens, num_selected_tokens: N, Σ m, Σ m·sel over the whole generation batch
+            [D1]; num_selected_tokens is required with a token_mask and either "selected_tokens" or c != 0.
+        max_completion_length: L (dr_grpo).
+    Returns:
+        (loss () fp32 with grad, PolicyLossStats).
+    """
+    n, t = logp.shape
+    assert completion_mask.dtype == torch.bool and completion_mask.shape == (n, t), "mask: (N, T) bool"
+    assert old_logp.shape == (n, t) and advantages.shape == (n,), "need old_logp (N, T), advantages (N,)"
+    assert token_mask is None or (token_mask.dtype == torch.bool and token_mask.shape == (n, t)), "token_mask"
+    if loss_type not in AGGREGATE:
+        raise ValueError(f"loss_type must be one of {sorted(AGGREGATE)}, got {loss_type!r}")
+    if importance_sampling_level not in ("token", "sequence"):
+        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', "
+                         f"got {importance_sampling_level!r}")
+    if token_normalizer not in ("all_tokens", "selected_tokens"):
+        raise ValueError(f"token_normalizer must be 'all_tokens' or 'selected_tokens', "
+                         f"got {token_normalizer!r}")
+    if token_normalizer == "selected_tokens" and loss_type == "dr_grpo":
+        raise ValueError("dr_grpo has a constant normaliser: token_normalizer='selected_tokens' "
+                         "is undefined [D7]")
+    if beta != 0.0 and ref_logp is None:
+        raise ValueError("beta != 0 needs ref_logp")
+    if entropy_coef != 0.0 and entropy is None:
+        raise ValueError("entropy_coef != 0 needs entropy")
+    if token_mask is None:
+        num_selected_tokens = num_tokens
+    elif num_selected_tokens is None and (token_normalizer == "selected_tokens" or entropy_coef != 0.0):
+        raise ValueError("token_mask with 'selected_tokens' or an entropy bonus needs num_selected_tokens")
+    mask = completion_mask
+    selected = mask if token_mask is None else mask & token_mask  # (N, T)
+    aggregate = AGGREGATE[loss_type]
+    norms = dict(num_sequences=num_sequences, num_tokens=num_tokens,
+                 max_completion_length=max_completion_length)
+    selected_norms = {**norms, "num_tokens": num_selected_tokens}
+
+    def clean(x: torch.Tensor) -> torch.Tensor:
+        return _fp32(x).masked_fill(~mask, 0.0)  # (N, T)  [D3][D10]
+
+    logp, old_logp = clean(logp), clean(old_logp)
+    # 1. importance ratio
+    if importance_sampling_level == "token":
+        ratio = token_ratio(logp, old_logp)  # (N, T)
+    else:
+        ratio = sequence_ratio(logp, old_logp, mask)  # (N, T)  [D4]
+    # 2. clipped surrogate, on the selected tokens
+    adv = _fp32(advantages)[:, None]  # (N, 1)
+    per_token = clipped_surrogate(ratio, adv, eps_low=eps_low, eps_high=eps_high, delta=delta)  # (N, T)
+    if token_normalizer == "all_tokens":
+        pg_loss = aggregate(per_token.masked_fill(~selected, 0.0), mask, **norms)  # [D7]
+    else:
+        pg_loss = aggregate(per_token, selected, **selected_norms)  # [D7]
+    loss = pg_loss
+    # 3. KL to the reference, on every completion token
+    kl = None if ref_logp is None else kl_k3(logp, clean(ref_logp))  # (N, T)
+    if beta != 0.0:
+        loss = loss + beta * aggregate(kl, mask, **norms)  # [D8]
+    # 4. entropy bonus, on the selected tokens, as a token-mean over the whole batch
+    entropy = None if entropy is None else clean(entropy)  # (N, T)
+    if entropy_coef != 0.0:
+        loss = loss - entropy_coef * aggregate_dapo(entropy, selected, **selected_norms)  # [D8]
+    # 5. stats over the local completion tokens
+    with torch.no_grad():
+        count = mask.sum()
+
+        def mean(x: torch.Tensor) -> torch.Tensor:
+            return x.masked_fill(~mask, 0.0).sum() / count.clamp(min=1)  # ()  [D6]
+
+        low, high = clipped_tokens(ratio, adv, eps_low=eps_low, eps_high=eps_high)  # (N, T) bool
+        stats = PolicyLossStats(
+            pg_loss=pg_loss.detach(), kl=None if kl is None else mean(kl),
+            entropy=None if entropy is None else mean(entropy), ratio_mean=mean(ratio),
+            clip_low=mean(low.float()), clip_high=mean(high.float()), clip_region=mean((low | high).float()),
+            num_tokens=count, num_selected_tokens=selected.sum())
+    return loss, stats
