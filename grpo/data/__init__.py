@@ -1,0 +1,24 @@
+"""Tasks: loading rows from the hub or local files, and turning them into prompts for each system.
+
+    rows          DataError, load_rows: hub id / .jsonl / .json / directory, bad rows named "file:line"
+    gsm8k         load_gsm8k, gold extraction, prompts for systems B (working out) and E (reasoning)
+    arithmetic    the bundled default task: generated word problems in GSM8K format (no download)
+    text_to_sql   gretelai/synthetic_text_to_sql rows, a bundled hand-written set, system C's prompt
+
+Every loader returns a list of plain dicts; every `to_*_prompts` returns TRL-style rows
+`{"prompt": [{"role", "content"}, ...], "prompt_suffix": str, <columns for the rewards>}`, where
+`prompt_suffix` is text the rollout appends after the chat template's generation prompt ("" except for
+system B, whose template ends with "<start_working_out>").
+
+Bundled files (package data, next to this file): arithmetic_{train,test}.jsonl (2,000 / 200, written by
+scripts/make_default_task.py from `arithmetic.bundled_rows`) and sql_{train,test}.jsonl (49 / 12).
+"""
+from .arithmetic import arithmetic_task
+from .gsm8k import (load_gsm8k, gsm8k_cot, gsm8k_gold, sft_completion, to_reasoning_prompts,
+                    to_working_out_prompts)
+from .rows import DataError, Row, check_row, load_rows
+from .text_to_sql import load_text_to_sql, to_sql_prompts
+
+__all__ = ["DataError", "Row", "arithmetic_task", "check_row", "gsm8k_cot", "gsm8k_gold", "load_gsm8k",
+           "load_rows", "load_text_to_sql", "sft_completion", "to_reasoning_prompts", "to_sql_prompts",
+           "to_working_out_prompts"]
