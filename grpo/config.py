@@ -9,6 +9,10 @@
      systems we serve used both (GSM8K pipeline: `--model-path`; SEGA: `--lambda_fork`).
 [D4] Unknown keys and values of the wrong type are errors naming the key (and the file) and listing
      the valid keys; ints are accepted for floats, nothing else is coerced from a config file.
+[D6] Sectioned config files: one file can serve a whole pipeline (configs/gsm8k.json). When the top
+     level has the key `common` or the script's `section`, the script applies `common`, then its own
+     section; other scripts' sections are skipped. Any other file is applied whole.
+[D7] `aliases` rename flags of the original systems' commands (`--lr` → `--learning_rate`).
 [D5] Errors users cause (config, data, model paths) are `UserError`s; `cli_main` prints them as one
      line `error: ...` and exits with status 2, never with a traceback from inside a library.
 """
@@ -201,9 +205,33 @@ def _parse_flag(key: str, text: str, tp: Any) -> Any:
     return text
 
 
+def _rename_flag(arg: str, aliases: dict[str, str]) -> str:
+    if not arg.startswith("--"):
+        return arg
+    name, eq, value = arg[2:].partition("=")
+    new = aliases.get(name.replace("-", "_"))
+    return f"--{new}{eq}{value}" if new else arg
+
+
+def _apply_config_file(cls: type[S], path: str, section: str | None) -> S:
+    data = load_config_file(path)
+    layers = [("common", data.get("common", {})), (section, data.get(section, {}))] \
+        if section and ("common" in data or section in data) else [(None, data)]  # [D6]
+    settings = cls()  # type: ignore[call-arg]
+    for name, layer in layers:
+        where = f"{path} [{name}]" if name else str(path)
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{where}: a section must be a mapping of setting names to values")
+        settings = settings_from_dict(cls, layer, where=where, base=settings)
+    return settings
+
+
 def parse_settings(cls: type[S], argv: list[str] | None = None, *, description: str | None = None,
-                   print_config: bool = True) -> S:
-    """Defaults < `--config FILE` < flags [D1]; returns a validated `cls` instance."""
+                   print_config: bool = True, section: str | None = None,
+                   aliases: dict[str, str] | None = None) -> S:
+    """Defaults < `--config FILE` (its `common` + `section` parts [D6]) < flags [D1]."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [_rename_flag(a, aliases or {}) for a in argv]  # [D7]
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
@@ -214,8 +242,9 @@ def parse_settings(cls: type[S], argv: list[str] | None = None, *, description: 
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         tp = hints[f.name]
+        help_text = f"{docs.get(f.name, '')} (default: {default!r})".replace("%", "%%")  # argparse formats %
         kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, metavar=_metavar(tp),
-                                      help=f"{docs.get(f.name, '')} (default: {default!r})")
+                                      help=help_text)
         if tp is bool:
             kwargs["nargs"] = "?"
             kwargs["const"] = "true"
@@ -228,7 +257,7 @@ def parse_settings(cls: type[S], argv: list[str] | None = None, *, description: 
     ns = vars(ns_obj)
     settings = cls()  # type: ignore[call-arg]
     if ns.get("config"):
-        settings = settings_from_dict(cls, load_config_file(ns["config"]), where=str(ns["config"]))
+        settings = _apply_config_file(cls, ns["config"], section)
     flags = {k: _parse_flag(k, v, hints[k]) for k, v in ns.items() if k != "config"}
     settings = settings_from_dict(cls, flags, where="command line", base=settings)
     if print_config:

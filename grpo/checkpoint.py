@@ -1,0 +1,95 @@
+"""Checkpoints: the model (PEFT adapter or full safetensors), optimiser, scheduler, RNG and data order.
+
+    checkpoints/step-000040/
+        adapter_model.safetensors + adapter_config.json    (LoRA: standard PEFT format), or
+        model.safetensors + config.json                   (full weights)
+        tokenizer files
+        trainer_state.pt    optimiser, scheduler, RNG states, step, data-order state
+        trainer_state.json  the human-readable part (step, metrics of the step, settings)
+
+[D1] A checkpoint folder is complete or absent: it is written into a temporary folder and renamed
+     (grpo.run.atomic_dir). `--resume` takes the newest complete one.
+[D2] The adapter's `base_model_name_or_path` is rewritten to the name the run loaded (e.g.
+     `smollm2-135m`), so `load_model(<checkpoint>)` finds the base again on any machine.
+[D3] Only the newest `keep` checkpoints are kept; `final/` is never deleted.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grpo.run import atomic_dir, atomic_write_json, rng_state, set_rng_state
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
+
+
+def save_model(model, tokenizer, path: str | Path, *, base_name: str | None = None) -> Path:
+    """Save an adapter (PEFT format) or full weights (safetensors) plus tokenizer, atomically [D1]."""
+    path = Path(path)
+    model = _unwrap(model)
+    with atomic_dir(path) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        adapter_cfg = tmp / "adapter_config.json"
+        if base_name and adapter_cfg.is_file():  # [D2]
+            cfg = json.loads(adapter_cfg.read_text())
+            cfg["base_model_name_or_path"] = base_name
+            adapter_cfg.write_text(json.dumps(cfg, indent=2))
+    return path
+
+
+def save_checkpoint(path: str | Path, *, model, tokenizer, optimizer, scheduler=None, step: int,
+                    data_state: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
+                    base_name: str | None = None) -> Path:
+    """Write a complete resumable checkpoint folder [D1]."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        save_model(model, tokenizer, tmp / "model", base_name=base_name)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "rng": rng_state(), "data": data_state or {}}, tmp / "trainer_state.pt")
+        atomic_write_json(tmp / "trainer_state.json", {"step": step, **(info or {})})
+    return path
+
+
+def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None) -> dict[str, Any]:
+    """Restore weights, optimiser, scheduler and RNG from `path`; returns {"step", "data"}."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    model = _unwrap(model)
+    weights_dir = path / "model"
+    adapter = weights_dir / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(adapter))
+    else:
+        state = {}
+        for f in sorted(weights_dir.glob("*.safetensors")):
+            state.update(load_file(f))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if "lm_head" not in k]:  # tied heads are not saved
+            raise RuntimeError(f"{weights_dir}: weights do not match the model "
+                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return {"step": state["step"], "data": state.get("data", {})}
+
+
+def prune_checkpoints(folder: str | Path, *, keep: int) -> None:
+    """Delete all but the newest `keep` complete step-* folders [D3]."""
+    done = sorted(p for p in Path(folder).glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,64 @@
+"""One completion per prompt, in batches: the generation step of every evaluation and demo script.
+
+    out = generate_texts(model, tok, prompts, batch_size=8, max_new_tokens=256, greedy=True)
+    out.texts, out.lengths, out.truncated          # lists, one entry per prompt, in prompt order
+
+Sampling goes through `grpo.rollout.sample_group` (G = 1), so temperature / top-k / top-p mean exactly
+what they mean in training; `greedy=True` takes the argmax with Hugging Face `generate` instead.
+Completions end at the first EOS (`grpo.rollout.completion_mask`); texts are decoded without special
+tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from grpo.rollout import Sampling, completion_mask, encode_prompts, eos_token_ids, sample_group
+from grpo.run import progress
+
+
+@dataclass
+class Generations:
+    texts: list[str] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # completion tokens, EOS included
+    truncated: list[bool] = field(default_factory=list)  # reached max_new_tokens without EOS
+
+
+@torch.no_grad()
+def _greedy(model, tok, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int):
+    from transformers import GenerationConfig
+
+    eos = eos_token_ids(model, tok)
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                              eos_token_id=eos)
+    out = model.generate(input_ids=ids, attention_mask=mask.long(), generation_config=config)
+    completion_ids = out[:, ids.shape[1]:]  # [B, T]
+    cmask, ended = completion_mask(completion_ids, eos_ids=eos)  # [B, T], [B]
+    texts = [tok.decode(row[m], skip_special_tokens=True) for row, m in zip(completion_ids, cmask)]
+    return texts, cmask.sum(-1), ~ended
+
+
+def generate_texts(model, tok, prompts: Sequence[Any], *, batch_size: int, max_new_tokens: int,
+                   greedy: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                   prompt_suffix: str = "", desc: str = "generate") -> Generations:
+    """One completion for each prompt (chat messages or raw strings), `batch_size` prompts at a time."""
+    assert batch_size >= 1 and max_new_tokens >= 1, "batch_size and max_new_tokens must be >= 1"
+    device = next(model.parameters()).device
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    out = Generations()
+    with progress(total=len(prompts), desc=desc) as bar:
+        for i in range(0, len(prompts), batch_size):
+            batch = list(prompts[i:i + batch_size])
+            ids, mask = encode_prompts(tok, batch, device=device, generation_suffix=prompt_suffix)  # [B, P]
+            if greedy:
+                texts, lengths, truncated = _greedy(model, tok, ids, mask, max_new_tokens)
+            else:
+                r = sample_group(model, tok, ids, mask, G=1, sampling=sampling)
+                texts, lengths, truncated = r.completions, r.lengths, r.truncated
+            out.texts += texts
+            out.lengths += lengths.tolist()
+            out.truncated += truncated.tolist()
+            bar.update(len(batch))
+    return out

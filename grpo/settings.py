@@ -1,0 +1,111 @@
+"""Settings of a GRPO run (scripts/train_grpo.py, scripts/bench_grpo_step.py, scripts/compare_trl.py).
+
+Names follow TRL's GRPOConfig where the concept is the same (num_generations, epsilon, epsilon_high,
+beta, loss_type, scale_rewards, num_iterations, top_entropy_quantile, mask_truncated_completions,
+importance_sampling_level, delta), so a TRL config translates key for key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from grpo.models import ModelSettings
+
+
+@dataclass
+class GRPOSettings(ModelSettings):
+    # --- task and data
+    task: str = "arithmetic"
+    """arithmetic (bundled default), gsm8k, reasoncheck, text_to_sql or score_model (see grpo/tasks.py)"""
+    dataset: str = ""
+    """data source overriding the task's default: a hub id, a .jsonl/.json file or a folder"""
+    dataset_limit: Optional[int] = None
+    """use only the first N rows of the dataset"""
+    reward_funcs: list[str] = field(default_factory=list)
+    """reward functions by name (rewards.REWARD_FUNCTIONS) or module:function; empty = the task's preset"""
+    reward_weights: list[float] = field(default_factory=list)
+    """one weight per reward function; empty = all 1.0"""
+    # --- sampling
+    prompts_per_step: int = 4
+    """B: prompts per generation batch, over all ranks"""
+    num_generations: int = 8
+    """G: completions sampled per prompt"""
+    max_completion_length: int = 128
+    """L: new tokens per completion at most"""
+    temperature: float = 1.0
+    """sampling temperature T; log-probs in the loss are computed at the same T"""
+    top_p: float = 1.0
+    """nucleus sampling mass (1.0 = off)"""
+    top_k: int = 0
+    """top-k sampling (0 = off)"""
+    min_p: float = 0.0
+    """min-p sampling (0 = off)"""
+    stop_strings: list[str] = field(default_factory=list)
+    """extra strings that end a completion (the task may add its own)"""
+    # --- objective
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    """aggregation: grpo (sequence mean of token means), dapo (batch token mean), dr_grpo, bnpo"""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """advantage std: per group, over the batch, or none (Dr. GRPO)"""
+    adv_eps: float = 1e-4
+    """ε added to the std of the rewards"""
+    epsilon: float = 0.2
+    """ε_low: lower clip of the ratio"""
+    epsilon_high: float = 0.28
+    """ε_high: upper clip of the ratio (DAPO clip-higher; 0.2 = symmetric)"""
+    delta: Optional[float] = None
+    """two-sided clipping: cap the unclipped ratio at δ (None = off)"""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """token ratio (GRPO) or sequence ratio (GSPO)"""
+    beta: float = 0.0
+    """k3 KL coefficient β; 0 loads no reference at all"""
+    num_iterations: int = 1
+    """μ: optimiser passes per generation batch"""
+    mask_truncated_completions: bool = False
+    """completions that hit max_completion_length without EOS contribute nothing (DAPO)"""
+    overlong_cache_length: int = 0
+    """soft overlong punishment: the last L_cache tokens before L are penalised linearly (0 = off)"""
+    top_entropy_quantile: float = 1.0
+    """ρ: train only on the ceil(ρ·N) highest-entropy tokens (forking tokens; 1.0 = all)"""
+    token_normalizer: Literal["all_tokens", "selected_tokens"] = "all_tokens"
+    """normaliser with forking tokens: all tokens (paper, TRL) or selected tokens (official code)"""
+    entropy_coef: float = 0.0
+    """entropy bonus c: adds −c·mean(H)"""
+    dynamic_sampling: Literal["off", "drop", "resample"] = "off"
+    """zero-variance groups: keep, drop from the update, or resample new prompts in their place"""
+    max_resample_rounds: int = 3
+    """dynamic_sampling=resample: extra generation batches at most per step"""
+    # --- optimisation
+    max_steps: int = 60
+    """generation batches to train on"""
+    micro_batch_size: int = 8
+    """sequences per forward/backward pass (gradient accumulation over the batch)"""
+    learning_rate: float = 2e-4
+    """peak learning rate"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
+    """AdamW, or bitsandbytes' 8-bit AdamW"""
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    """learning-rate schedule after warm-up"""
+    warmup_ratio: float = 0.0
+    """fraction of optimiser steps spent warming up linearly"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (0 = off)"""
+    bf16: bool = False
+    """bf16 autocast on GPU (CPUs run in fp32)"""
+    # --- run
+    run_name: str = "grpo"
+    """run folder under outputs/"""
+    seed: int = 0
+    """random seed (data order, sampling, dropout)"""
+    logging_steps: int = 1
+    """log metrics every N steps"""
+    save_steps: int = 20
+    """write a resumable checkpoint every N steps (0 = only at the end)"""
+    save_total_limit: int = 2
+    """keep only the newest N checkpoints"""
+    resume: bool = False
+    """continue from the newest checkpoint of this run"""
+    tensorboard: bool = False
+    """also write TensorBoard event files"""

@@ -1,0 +1,76 @@
+"""Tasks: what a GRPO run trains on — prompt rows, the reward functions, and how generation stops.
+
+    task          data (default source)                prompt format                     rewards (preset)
+    arithmetic    bundled generated word problems      <reasoning>…</reasoning><answer>   reasoncheck (E)
+    gsm8k         openai/gsm8k or a local JSONL        <start_working_out>…<SOLUTION>     gsm8k (B)
+    reasoncheck   openai/gsm8k or a local JSONL        <reasoning>…</reasoning><answer>   reasoncheck (E)
+    text_to_sql   bundled set or gretel-format JSONL   <reasoning>…</reasoning><sql>      text_to_sql (C)
+    score_model   CSV/JSONL from make_cot_dataset.py   <think>…</think><score>            score_model (A)
+
+A reward function has TRL's signature `f(prompts, completions, **columns) -> list[float | None]`;
+`reward_funcs` may name any function in `rewards.REWARD_FUNCTIONS` or a `module:function` path to
+a user's own (so TRL reward functions drop in).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from grpo.config import UserError
+
+
+@dataclass
+class Task:
+    name: str
+    rows: list[dict[str, Any]]  # TRL-style rows: "prompt" (chat messages), "prompt_suffix", reward columns
+    reward_names: list[str]
+    reward_funcs: list[Callable[..., list]] = field(repr=False)
+    stop_strings: tuple[str, ...] = ()
+
+
+DEFAULT_SOURCES = {"arithmetic": "arithmetic", "gsm8k": "openai/gsm8k", "reasoncheck": "openai/gsm8k",
+                   "text_to_sql": "bundled", "score_model": ""}
+PRESET_OF_TASK = {"arithmetic": "reasoncheck", "gsm8k": "gsm8k", "reasoncheck": "reasoncheck",
+                  "text_to_sql": "text_to_sql", "score_model": "score_model"}
+
+
+def resolve_reward(name: str) -> Callable[..., list]:
+    """A registered reward name, or `package.module:function` for a user's own function."""
+    import rewards
+
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"reward function {name!r}: {e}") from None
+    try:
+        return rewards.get(name)
+    except rewards.UnknownRewardError as e:
+        raise UserError(str(e)) from None
+
+
+def load_task(name: str, *, source: str = "", split: str = "train", limit: int | None = None,
+              reward_funcs: list[str] | None = None) -> Task:
+    """Build a `Task` by name (table in the module docstring); `source` overrides the default data."""
+    import rewards
+    from grpo import data
+
+    if name not in DEFAULT_SOURCES:
+        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(DEFAULT_SOURCES)}")
+    source = source or DEFAULT_SOURCES[name]
+    if name in ("arithmetic", "reasoncheck"):
+        rows = data.to_reasoning_prompts(data.load_gsm8k(source, split=split, limit=limit))
+    elif name == "gsm8k":
+        rows = data.to_working_out_prompts(data.load_gsm8k(source, split=split, limit=limit))
+    elif name == "text_to_sql":
+        rows = data.to_sql_prompts(data.load_text_to_sql(source, split=split, limit=limit))
+    else:
+        from grpo.data import score_model as score_data  # written by scripts/make_cot_dataset.py
+
+        if not source:
+            raise UserError("task score_model needs --dataset: the CSV written by scripts/make_cot_dataset.py")
+        rows = score_data.to_score_prompts(score_data.load_score_rows(source, limit=limit))
+    names = list(reward_funcs) if reward_funcs else list(rewards.PRESETS[PRESET_OF_TASK[name]])
+    return Task(name=name, rows=rows, reward_names=names, reward_funcs=[resolve_reward(n) for n in names])

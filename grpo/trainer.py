@@ -1,0 +1,319 @@
+"""The GRPO loop: sample → reward → advantages → μ optimiser passes → log/checkpoint.
+
+One *step* is one generation batch: B prompts (split over ranks) × G completions, then μ
+(`num_iterations`) optimiser passes over it, each made of micro-batches whose gradients accumulate.
+
+[D1] old log-probs are recorded once, before the first pass, and only when μ > 1; at μ = 1 the
+     ratio is exactly 1 (old_logp = logp.detach()), as in TRL, so no extra forward pass is spent.
+[D2] The loss normalisers (sequences, tokens, selected tokens) count the whole generation batch on
+     all ranks, so the gradient does not depend on the micro-batch split or the number of ranks.
+[D3] Forking tokens: the entropies ranking the tokens come from the current policy under no grad:
+     at pass 0 from the sampling pass (model distribution at temperature T), later from a no-grad
+     forward; the exact top-k runs over the whole batch across ranks (kernels.top_k_entropy_mask).
+[D4] Dynamic sampling `drop`: groups whose rewards are all equal carry no signal (A = 0); they are
+     removed before the update, so they do not dilute the normalisers. `resample`: keep sampling new
+     prompts (up to `max_resample_rounds` times) until B informative groups are collected.
+[D5] Soft overlong punishment (DAPO) is added to the reward of every completion as a function of its
+     length; `mask_truncated_completions` removes completions that hit the length limit from the loss.
+[D6] Data order is a seeded permutation per epoch; its position is checkpointed with the RNG states,
+     so `--resume` reproduces the metrics of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from grpo import distributed as dd
+from grpo.advantages import group_advantages, overlong_penalty, weighted_rewards, zero_std_groups
+from grpo.loss import policy_loss
+from grpo.policy import completion_logprobs, reference_policy
+from grpo.rollout import Rollout, Sampling, encode_prompts, sample_group
+from kernels import top_k_entropy_mask
+
+
+class PromptSampler:
+    """Seeded epoch permutations of row indices; `state()` / `load_state()` for resume [D6]."""
+
+    def __init__(self, n_rows: int, seed: int):
+        self.n, self.seed, self.epoch, self.pos = n_rows, seed, 0, 0
+        self._order = self._perm()
+
+    def _perm(self) -> list[int]:
+        order = list(range(self.n))
+        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+        return order
+
+    def next(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.pos == self.n:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._order = self._perm()
+            out.append(self._order[self.pos])
+            self.pos += 1
+        return out
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+        self._order = self._perm()
+
+
+@dataclass
+class Batch:
+    """One generation batch on this rank, groups kept together (rows i·G … i·G+G−1)."""
+
+    rollout: Rollout
+    rewards: torch.Tensor  # [B, G] weighted total
+    per_function: torch.Tensor  # [B, G, F]
+    advantages: torch.Tensor  # [B, G]
+
+
+def score_completions(task, rows: list[dict[str, Any]], rollout: Rollout, *, G: int, weights: list[float],
+                      overlong: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards [B, G] (weighted sum) and per function [B, G, F]; None from a function becomes NaN."""
+    B = len(rows)
+    prompts = [r["prompt"] for r in rows for _ in range(G)]
+    conversational = not isinstance(prompts[0], str)
+    completions = [[{"role": "assistant", "content": c}] for c in rollout.completions] if conversational \
+        else list(rollout.completions)  # as TRL passes them, so users' reward functions drop in
+    columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k not in ("prompt",)}
+    per_function = torch.empty(B * G, len(task.reward_funcs))
+    for j, fn in enumerate(task.reward_funcs):
+        values = fn(prompts, completions, **columns)
+        per_function[:, j] = torch.tensor([math.nan if v is None else float(v) for v in values])
+    per_function = per_function.view(B, G, -1)  # [B, G, F]
+    total = weighted_rewards(per_function, weights)  # [B, G]
+    if overlong is not None:  # [D5]
+        lengths = rollout.lengths.view(B, G).float().cpu()
+        total = total + overlong_penalty(lengths, max_len=overlong[0], cache_len=overlong[1])
+    return total, per_function
+
+
+class GRPOTrainer:
+    """Holds the model, optimiser and settings; `step()` runs one generation batch end to end."""
+
+    def __init__(self, cfg, model, tokenizer, task, optimizer, scheduler, *, ref_model=None):
+        self.cfg, self.model, self.tok, self.task = cfg, model, tokenizer, task
+        self.optimizer, self.scheduler, self.ref_model = optimizer, scheduler, ref_model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.rank, self.world = dd.rank(), dd.world_size()
+        self.sampler = PromptSampler(len(task.rows), cfg.seed)
+        self.sampling = Sampling(max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
+                                 top_p=cfg.top_p, top_k=cfg.top_k, min_p=cfg.min_p,
+                                 stop_strings=tuple(cfg.stop_strings) or task.stop_strings)
+        self.weights = cfg.reward_weights or [1.0] * len(task.reward_funcs)
+        if len(self.weights) != len(task.reward_funcs):
+            raise ValueError(f"reward_weights has {len(self.weights)} entries for {len(task.reward_funcs)} "
+                             f"reward functions ({', '.join(task.reward_names)})")
+        if cfg.prompts_per_step % self.world:
+            raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must be divisible by {self.world} ranks")
+        self.device = next(model.parameters()).device
+
+    # 1. sample ------------------------------------------------------------------------------------
+    def _sample(self, n_prompts: int) -> tuple[list[dict[str, Any]], Rollout]:
+        idx = self.sampler.next(n_prompts * self.world)  # every rank draws the same global order
+        rows = [self.task.rows[i] for i in idx[self.rank::self.world]]
+        suffix = rows[0].get("prompt_suffix", "")
+        prompt_ids, prompt_mask = encode_prompts(self.tok, [r["prompt"] for r in rows], device=self.device,
+                                                 generation_suffix=suffix)
+        return rows, sample_group(self.model, self.tok, prompt_ids, prompt_mask, G=self.cfg.num_generations,
+                                  sampling=self.sampling)
+
+    # 2.-3. reward and advantages ------------------------------------------------------------------
+    def _score(self, rows, rollout) -> Batch:
+        G = self.cfg.num_generations
+        overlong = (self.cfg.max_completion_length, self.cfg.overlong_cache_length) \
+            if self.cfg.overlong_cache_length > 0 else None
+        rewards, per_function = score_completions(self.task, rows, rollout, G=G, weights=self.weights,
+                                                  overlong=overlong)
+        all_rewards = dd.all_gather_rows(rewards.to(self.device)).cpu()  # [B_total, G], rank order
+        adv = group_advantages(all_rewards, scale_rewards=self.cfg.scale_rewards, eps=self.cfg.adv_eps)
+        B = len(rows)
+        adv = adv[self.rank * B:(self.rank + 1) * B]  # [B, G] this rank's groups
+        return Batch(rollout=rollout, rewards=rewards, per_function=per_function, advantages=adv)
+
+    def _collect(self) -> tuple[Batch, dict[str, float]]:
+        """Sample and score one generation batch, with dynamic sampling [D4]."""
+        B = self.cfg.prompts_per_step // self.world
+        t0 = time.perf_counter()
+        rows, rollout = self._sample(B)
+        t1 = time.perf_counter()
+        batch = self._score(rows, rollout)
+        t2 = time.perf_counter()
+        timing = {"time/generate": t1 - t0, "time/score": t2 - t1}
+        if self.cfg.dynamic_sampling == "resample":
+            for _ in range(self.cfg.max_resample_rounds):
+                keep = ~zero_std_groups(dd.all_gather_rows(batch.rewards.to(self.device)).cpu())
+                if bool(keep.all()):
+                    break
+                t0 = time.perf_counter()
+                rows2, rollout2 = self._sample(B)
+                t1 = time.perf_counter()
+                extra = self._score(rows2, rollout2)
+                timing["time/generate"] += t1 - t0
+                timing["time/score"] += time.perf_counter() - t1
+                batch = _replace_flat_groups(batch, extra, self.cfg.num_generations)
+        return batch, timing
+
+    # 4. update ------------------------------------------------------------------------------------
+    def _logprobs(self, model, r: Rollout, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        return completion_logprobs(model, r.prompt_ids[sl], r.prompt_mask[sl], r.completion_ids[sl],
+                                   r.completion_mask[sl], temperature=self.cfg.temperature)
+
+    def _no_grad_pass(self, model, r: Rollout, slices) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            parts = [self._logprobs(model, r, sl) for sl in slices]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])  # [N, T] each
+
+    def _update(self, batch: Batch) -> dict[str, float]:
+        cfg, r = self.cfg, batch.rollout
+        G = cfg.num_generations
+        keep = torch.ones(r.completion_ids.shape[0], dtype=torch.bool)  # [N]
+        if cfg.dynamic_sampling == "drop":  # [D4]
+            keep = (~zero_std_groups(batch.rewards)).repeat_interleave(G)
+        loss_mask = r.completion_mask & keep.to(self.device).unsqueeze(1)  # [N, T]
+        if cfg.mask_truncated_completions:  # [D5]
+            loss_mask = loss_mask & ~r.truncated.unsqueeze(1)
+        advantages = batch.advantages.reshape(-1).to(self.device)  # [N]
+        N = r.completion_ids.shape[0]
+        slices = [slice(i, min(i + cfg.micro_batch_size, N)) for i in range(0, N, cfg.micro_batch_size)]
+        num_sequences = dd.all_reduce_sum(keep.sum().to(self.device).float())  # [D2]
+        num_tokens = dd.all_reduce_sum(loss_mask.sum().float())
+        model = self.model
+        self.model.train()
+        old_logp = self._no_grad_pass(model, r, slices)[0] if cfg.num_iterations > 1 else None  # [D1]
+        ref_logp = None
+        if cfg.beta > 0:
+            with reference_policy(model, self.ref_model) as ref:
+                ref_logp = self._no_grad_pass(ref, r, slices)[0]
+        stats: dict[str, list[float]] = {}
+        for it in range(cfg.num_iterations):
+            token_mask, num_selected = None, None
+            if cfg.top_entropy_quantile < 1.0:  # [D3]
+                ent = r.entropy if it == 0 else self._no_grad_pass(model, r, slices)[1]
+                token_mask = top_k_entropy_mask(ent, loss_mask, rho=cfg.top_entropy_quantile)
+                num_selected = dd.all_reduce_sum((token_mask & loss_mask).sum().float())
+            self.optimizer.zero_grad(set_to_none=True)
+            for sl in slices:
+                logp, entropy = self._logprobs(model, r, sl)
+                loss, st = policy_loss(
+                    logp, old_logp[sl] if old_logp is not None else logp.detach(), advantages[sl], loss_mask[sl],
+                    loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high, delta=cfg.delta,
+                    importance_sampling_level=cfg.importance_sampling_level,
+                    ref_logp=ref_logp[sl] if ref_logp is not None else None, beta=cfg.beta,
+                    entropy=entropy, entropy_coef=cfg.entropy_coef,
+                    token_mask=token_mask[sl] if token_mask is not None else None,
+                    token_normalizer=cfg.token_normalizer, num_sequences=num_sequences, num_tokens=num_tokens,
+                    num_selected_tokens=num_selected, max_completion_length=cfg.max_completion_length)
+                loss.backward()
+                w = float(st.num_tokens) / max(1.0, float(num_tokens))  # token-weighted stats
+                _accumulate(stats, "loss", float(loss.detach()), 1.0)
+                for name in ("kl", "entropy", "ratio_mean", "clip_low", "clip_high", "clip_region"):
+                    value = getattr(st, name)
+                    if value is not None:
+                        _accumulate(stats, name, float(value), w)
+            dd.sum_gradients(self.params)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm
+                                                       if cfg.max_grad_norm > 0 else float("inf"))
+            self.optimizer.step()
+            self.scheduler.step()
+            _accumulate(stats, "grad_norm", float(grad_norm), 1.0 / cfg.num_iterations)
+        out = {k: sum(v) / (cfg.num_iterations if k not in ("grad_norm",) else 1) for k, v in stats.items()}
+        out["num_tokens"] = float(num_tokens)
+        out["num_sequences_trained"] = float(num_sequences)
+        return out
+
+    # one step ------------------------------------------------------------------------------------
+    def step(self) -> dict[str, Any]:
+        batch, timing = self._collect()
+        t0 = time.perf_counter()
+        update = self._update(batch)
+        timing["time/update"] = time.perf_counter() - t0
+        return step_metrics(batch, update, timing, self.task.reward_names, lr=self.scheduler.get_last_lr()[0])
+
+
+def _accumulate(stats: dict[str, list[float]], name: str, value: float, weight: float) -> None:
+    stats.setdefault(name, []).append(value * weight)
+
+
+def _replace_flat_groups(batch: Batch, extra: Batch, G: int) -> Batch:
+    """Swap zero-variance groups of `batch` for informative groups of `extra` (same count B) [D4]."""
+    flat_b, flat_e = zero_std_groups(batch.rewards), ~zero_std_groups(extra.rewards)
+    B = batch.rewards.shape[0]
+    take = [i for i in range(B) if flat_e[i]]
+    slots = [i for i in range(B) if flat_b[i]]
+    r, e = batch.rollout, extra.rollout
+    for dst, src in zip(slots, take):
+        d, s = slice(dst * G, dst * G + G), slice(src * G, src * G + G)
+        r.truncated[d] = e.truncated[s]
+        for field in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logp", "entropy"):
+            setattr(r, field, _copy_rows_padded(getattr(r, field), getattr(e, field), d, s,
+                                                left=field.startswith("prompt")))
+        r.completions[d] = e.completions[s]
+        for name in ("rewards", "per_function", "advantages"):
+            getattr(batch, name)[dst] = getattr(extra, name)[src]
+    return batch
+
+
+def _copy_rows_padded(dst: torch.Tensor, src: torch.Tensor, d: slice, s: slice, *, left: bool) -> torch.Tensor:
+    """dst[d] = src[s], padding both to the wider one (left padding for prompts, right for completions)."""
+    width = max(dst.shape[1], src.shape[1])
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        extra = width - x.shape[1]
+        if extra == 0:
+            return x
+        fill = torch.zeros(x.shape[0], extra, dtype=x.dtype, device=x.device)
+        return torch.cat([fill, x], 1) if left else torch.cat([x, fill], 1)
+
+    dst, src = pad(dst), pad(src)
+    dst[d] = src[s]
+    return dst
+
+
+def step_metrics(batch: Batch, update: dict[str, float], timing: dict[str, float], reward_names: list[str],
+                 *, lr: float) -> dict[str, Any]:
+    """Per-step metrics (glossary in scripts/train_grpo.py), averaged over all ranks."""
+    r = batch.rollout
+    rewards = dd.all_gather_rows(batch.rewards.to(r.completion_ids.device)).cpu()  # [B_total, G]
+    per_fn = dd.all_gather_rows(batch.per_function.to(r.completion_ids.device)).cpu()  # [B_total, G, F]
+    adv = dd.all_gather_rows(batch.advantages.to(r.completion_ids.device)).cpu()
+    lengths = dd.all_gather_rows(r.lengths.float()).cpu()  # [N_total]
+    truncated = dd.all_gather_rows(r.truncated.float()).cpu()
+    mean_entropy = dd.all_reduce_sum(torch.stack([(r.entropy * r.completion_mask).sum(),
+                                                  r.completion_mask.sum().float()])).cpu()
+    m: dict[str, Any] = {
+        "reward": _nanmean(rewards), "reward_std": _nanstd(rewards),
+        "frac_reward_zero_std": zero_std_groups(rewards).float().mean().item(),
+        "advantage_mean": adv.mean().item(), "advantage_std": adv.std().item() if adv.numel() > 1 else 0.0,
+        "advantage_abs_max": adv.abs().max().item(),
+        "completion_length": lengths.mean().item(), "completion_length_min": lengths.min().item(),
+        "completion_length_max": lengths.max().item(), "truncated_frac": truncated.mean().item(),
+        "sampling_entropy": (mean_entropy[0] / mean_entropy[1].clamp(min=1)).item(), "lr": lr,
+    }
+    for j, name in enumerate(reward_names):
+        m[f"rewards/{name}/mean"] = _nanmean(per_fn[..., j])
+        m[f"rewards/{name}/std"] = _nanstd(per_fn[..., j])
+    m.update(update)
+    total_time = sum(timing.values())
+    m.update(timing)
+    m["tokens_per_second"] = float(lengths.sum()) / max(total_time, 1e-9)
+    return m
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    v = x[~torch.isnan(x)]
+    return v.mean().item() if v.numel() else float("nan")
+
+
+def _nanstd(x: torch.Tensor) -> float:
+    v = x[~torch.isnan(x)]
+    return v.std().item() if v.numel() > 1 else 0.0

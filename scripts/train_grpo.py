@@ -1,0 +1,135 @@
+"""Train a language model with GRPO (and its DAPO / Dr. GRPO / GSPO variants).
+
+    python scripts/train_grpo.py                                   # smollm2-135m + LoRA, bundled arithmetic task
+    python scripts/train_grpo.py --config configs/gsm8k.json --base-model rl_sft_model
+    torchrun --nproc_per_node 2 scripts/train_grpo.py --model tiny-llama --max-steps 5    # DDP (gloo on CPU)
+
+One step (grpo/trainer.py, ALGORITHMS.md §2–3):
+    1. sample    B prompts (split over ranks) × G completions, recording per-token log-probs/entropy
+    2. reward    every reward function on every completion; weighted sum (+ soft overlong punishment)
+    3. advantage A = (r − mean_group) / (std + ε)  (scale_rewards group / batch / none)
+    4. update    μ passes: micro-batched forward/backward of the clipped surrogate (+ β·KL), one
+                 all-reduce of the gradients across ranks, clip, AdamW step, LR schedule
+    5. log/save  metrics.jsonl + progress bar; checkpoint every save_steps; reward curve PNG at the end
+
+Outputs in outputs/<run_name>/: config.json, metrics.jsonl, checkpoints/step-N/, final/, reward_curve.png.
+Ctrl-C saves a checkpoint before exiting; `--resume` continues from the newest one.
+
+Metrics (metrics.jsonl, one line per step):
+    reward, reward_std                 mean and std of the total reward over all completions
+    rewards/<f>/mean, rewards/<f>/std  the same per reward function (before weighting)
+    frac_reward_zero_std               fraction of groups whose rewards are all equal (A = 0: no signal)
+    advantage_mean/std/abs_max         advantage statistics (mean is 0 up to float error per group)
+    loss                               the optimised loss (at μ = 1 its value is ~0 while its gradient
+                                       is not: watch grad_norm and frac_reward_zero_std instead)
+    kl                                 mean k3 KL to the reference (β > 0 only)
+    entropy                            mean per-token entropy of the current policy during the update
+    sampling_entropy                   mean per-token entropy recorded while sampling
+    ratio_mean                         mean importance ratio (1 at μ = 1)
+    clip_low / clip_high / clip_region fraction of tokens clipped below (A<0) / above (A>0) / either
+    completion_length(_min/_max)       completion tokens up to and including EOS
+    truncated_frac                     fraction of completions that hit max_completion_length
+    grad_norm                          gradient norm before clipping (mean over the μ passes)
+    lr                                 learning rate after the step
+    num_tokens, num_sequences_trained  tokens and sequences in the loss (after masking/dropping)
+    time/generate, time/score, time/update   seconds spent in each phase
+    tokens_per_second                  completion tokens generated per second of the whole step
+"""
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grpo import distributed as dd  # noqa: E402
+from grpo.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint, save_model  # noqa: E402
+from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.models import load_model_from_settings  # noqa: E402
+from grpo.optim import make_optimizer, make_scheduler  # noqa: E402
+from grpo.plots import plot_reward_curve  # noqa: E402
+from grpo.run import MetricsWriter, RunDir, output_root, progress, seed_everything  # noqa: E402
+from grpo.settings import GRPOSettings  # noqa: E402
+from grpo.tasks import load_task  # noqa: E402
+from grpo.trainer import GRPOTrainer  # noqa: E402
+
+
+@dataclass
+class TrainGRPOSettings(GRPOSettings):
+    base_model: str = ""
+    """alias of --model for the GSM8K pipeline (e.g. --base-model rl_sft_model); wins when set"""
+
+
+def main() -> None:
+    rank, _ = dd.init_distributed()
+    s = parse_settings(TrainGRPOSettings, description=__doc__, print_config=rank == 0, section="grpo")
+    seed_everything(s.seed + rank)  # ranks sample different completions; data order is shared
+    run = RunDir(output_root() / s.run_name)
+    if rank == 0:
+        run.save_config(s)
+
+    task = load_task(s.task, source=s.dataset, limit=s.dataset_limit, reward_funcs=s.reward_funcs or None)
+    model_name = s.base_model or s.model
+    model, tok = load_model_from_settings(s, model=model_name)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError("the model has no trainable parameters (use_lora=false loads a frozen 4-bit model?)")
+    ref_model = None
+    if s.beta > 0 and not s.use_lora:
+        ref_model, _ = load_model_from_settings(s, model=model_name, trainable=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    total_opt_steps = s.max_steps * s.num_iterations
+    optimizer = make_optimizer(params, name=s.optimizer, lr=s.learning_rate, weight_decay=s.weight_decay)
+    scheduler = make_scheduler(optimizer, kind=s.lr_scheduler, total_steps=total_opt_steps,
+                               warmup_steps=math.ceil(s.warmup_ratio * total_opt_steps))
+    trainer = GRPOTrainer(s, model, tok, task, optimizer, scheduler, ref_model=ref_model)
+
+    start = 0
+    if s.resume and run.latest_checkpoint() is not None:
+        state = load_checkpoint(run.latest_checkpoint(), model=model, optimizer=optimizer, scheduler=scheduler)
+        start = state["step"]
+        trainer.sampler.load_state(state["data"]["sampler"])
+        if rank == 0:
+            print(f"resumed from {run.latest_checkpoint()} at step {start}", file=sys.stderr)
+    elif s.resume:
+        print(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0", file=sys.stderr)
+
+    def checkpoint(step: int) -> None:
+        if rank == 0:
+            save_checkpoint(run.checkpoint(step), model=model, tokenizer=tok, optimizer=optimizer,
+                            scheduler=scheduler, step=step, data_state={"sampler": trainer.sampler.state()},
+                            base_name=model_name)
+            prune_checkpoints(run.checkpoints, keep=s.save_total_limit)
+
+    interrupted = []
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))  # finish the step, save, exit
+
+    writer = MetricsWriter(run.metrics_file, tensorboard_dir=run.path / "tb" if s.tensorboard else None,
+                           truncate_after_step=start) if rank == 0 else None
+    bar = progress(range(start, s.max_steps), initial=start, total=s.max_steps, desc="grpo", disable=rank != 0)
+    step, t_start = start, time.perf_counter()
+    for step in (i + 1 for i in bar):
+        metrics = trainer.step()
+        if writer is not None and (step % s.logging_steps == 0 or step == s.max_steps):
+            writer.log(step, metrics)
+            bar.set_postfix(reward=f"{metrics['reward']:.3f}", len=f"{metrics['completion_length']:.0f}")
+        if interrupted:
+            checkpoint(step)
+            print(f"\ninterrupted: saved {run.checkpoint(step)}; continue with --resume", file=sys.stderr)
+            sys.exit(130)
+        if s.save_steps and step % s.save_steps == 0 and step < s.max_steps:
+            checkpoint(step)
+
+    if rank == 0:
+        checkpoint(step)
+        save_model(model, tok, run.final, base_name=model_name)
+        writer.close()
+        png = plot_reward_curve(run.metrics_file, run.path / "reward_curve.png", title=f"{s.task} · {model_name}")
+        print(f"done: {step} steps in {time.perf_counter() - t_start:.0f}s; model in {run.final}; curve {png}")
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -1,0 +1,49 @@
+"""Shared builders for the trainer tests: a tiny model, a toy task with a learnable reward."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from grpo.models import load_model
+from grpo.optim import make_optimizer, make_scheduler
+from grpo.settings import GRPOSettings
+from grpo.tasks import Task
+from grpo.trainer import GRPOTrainer
+
+PROMPTS = ["Say something.", "Write a line.", "Go on.", "Tell me more.", "Continue.", "Speak."]
+
+
+def vowel_fraction(prompts, completions, **_):
+    """Toy reward a random 2-layer model can learn fast: fraction of characters that are vowels."""
+    out = []
+    for c in completions:
+        text = c if isinstance(c, str) else c[0]["content"]
+        out.append(sum(ch in "aeiou" for ch in text) / max(1, len(text)))
+    return out
+
+
+def toy_task() -> Task:
+    rows = [{"prompt": [{"role": "user", "content": p}], "prompt_suffix": ""} for p in PROMPTS]
+    return Task(name="toy", rows=rows, reward_names=["vowel_fraction"], reward_funcs=[vowel_fraction])
+
+
+def make_trainer(cache_dir, *, seed: int = 0, **overrides) -> GRPOTrainer:
+    settings = dict(model="tiny-llama", lora_r=8, lora_alpha=16, lora_dropout=0.0, prompts_per_step=2,
+                    num_generations=4, max_completion_length=12, micro_batch_size=8, learning_rate=3e-3)
+    cfg = GRPOSettings(seed=seed, **{**settings, **overrides})
+    torch.manual_seed(seed)
+    model, tok = load_model("tiny-llama", cache_dir=cache_dir, use_lora=cfg.use_lora, lora_r=cfg.lora_r,
+                            lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, name=cfg.optimizer, lr=cfg.learning_rate, weight_decay=0.0)
+    sched = make_scheduler(opt, kind="constant", warmup_steps=0, total_steps=cfg.max_steps)
+    return GRPOTrainer(cfg, model, tok, toy_task(), opt, sched)
+
+
+def trainable_state(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def finite(x) -> bool:
+    return x is None or math.isfinite(x)
