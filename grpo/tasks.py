@@ -7,6 +7,13 @@
     text_to_sql   bundled set or gretel-format JSONL   <reasoning>…</reasoning><sql>      text_to_sql (C)
     score_model   CSV/JSONL from make_cot_dataset.py   <think>…</think><score>            score_model (A)
 
+[D1] The default task primes the answer: its system prompt shows one worked example of the format and
+     the generation prompt ends with "<reasoning>\n" (`prompt_suffix`), as system B's template ends with
+     "<start_working_out>". A 135M model almost never opens the tags unprimed, which would leave every
+     reward at 0 and GRPO without signal.
+[D2] Reward functions score the assistant's whole reply: `prompt_suffix` + the generated text (the
+     suffix is part of the reply the model is trained to continue).
+
 A reward function has TRL's signature `f(prompts, completions, **columns) -> list[float | None]`;
 `reward_funcs` may name any function in `rewards.REWARD_FUNCTIONS` or a `module:function` path to
 a user's own (so TRL reward functions drop in).
@@ -35,6 +42,12 @@ PRESET_OF_TASK = {"arithmetic": "reasoncheck", "gsm8k": "gsm8k", "reasoncheck": 
                   "text_to_sql": "text_to_sql", "score_model": "score_model"}
 
 
+ARITHMETIC_SYSTEM_PROMPT = (
+    "Solve the math problem. Think step by step inside <reasoning> tags, then give only the final number "
+    "inside <answer> tags.\nExample:\nQuestion: Ann has 3 apples and buys 4 more. How many apples does she "
+    "have?\n<reasoning>\n3 + 4 = 7\n</reasoning>\n<answer>\n7\n</answer>")
+
+
 def resolve_reward(name: str) -> Callable[..., list]:
     """A registered reward name, or `package.module:function` for a user's own function."""
     import rewards
@@ -60,7 +73,11 @@ def load_task(name: str, *, source: str = "", split: str = "train", limit: int |
     if name not in DEFAULT_SOURCES:
         raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(DEFAULT_SOURCES)}")
     source = source or DEFAULT_SOURCES[name]
-    if name in ("arithmetic", "reasoncheck"):
+    if name == "arithmetic":  # [D1]
+        rows = data.to_reasoning_prompts(data.load_gsm8k(source, split=split, limit=limit),
+                                         system_prompt=ARITHMETIC_SYSTEM_PROMPT)
+        rows = [{**r, "prompt_suffix": "<reasoning>\n"} for r in rows]
+    elif name == "reasoncheck":
         rows = data.to_reasoning_prompts(data.load_gsm8k(source, split=split, limit=limit))
     elif name == "gsm8k":
         rows = data.to_working_out_prompts(data.load_gsm8k(source, split=split, limit=limit))

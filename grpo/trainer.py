@@ -82,8 +82,10 @@ def score_completions(task, rows: list[dict[str, Any]], rollout: Rollout, *, G: 
     B = len(rows)
     prompts = [r["prompt"] for r in rows for _ in range(G)]
     conversational = not isinstance(prompts[0], str)
-    completions = [[{"role": "assistant", "content": c}] for c in rollout.completions] if conversational \
-        else list(rollout.completions)  # as TRL passes them, so users' reward functions drop in
+    replies = [r.get("prompt_suffix", "") + c for r, c in zip((r for r in rows for _ in range(G)),
+                                                               rollout.completions)]  # grpo.tasks [D2]
+    completions = [[{"role": "assistant", "content": c}] for c in replies] if conversational \
+        else replies  # as TRL passes them, so users' reward functions drop in
     columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k not in ("prompt",)}
     per_function = torch.empty(B * G, len(task.reward_funcs))
     for j, fn in enumerate(task.reward_funcs):
