@@ -32,8 +32,8 @@ setup(
         "triton>=3.0; platform_system == 'Linux'",
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6.100"],
-        "bench": ["trl>=0.20"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "trl>=1.16"],  # trl: the loss-equivalence tests
+        "bench": ["trl>=1.16"],
         "tensorboard": ["tensorboard>=2.15"],
     },
 )

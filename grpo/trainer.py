@@ -167,8 +167,10 @@ class GRPOTrainer:
 
     # 4. update ------------------------------------------------------------------------------------
     def _logprobs(self, model, r: Rollout, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        return completion_logprobs(model, r.prompt_ids[sl], r.prompt_mask[sl], r.completion_ids[sl],
-                                   r.completion_mask[sl], temperature=self.cfg.temperature)
+        bf16 = self.cfg.bf16 and self.device.type == "cuda"  # log-softmax and the loss stay fp32 (kernels)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            return completion_logprobs(model, r.prompt_ids[sl], r.prompt_mask[sl], r.completion_ids[sl],
+                                       r.completion_mask[sl], temperature=self.cfg.temperature)
 
     def _no_grad_pass(self, model, r: Rollout, slices) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
