@@ -109,7 +109,7 @@ def main() -> None:
 
     writer = MetricsWriter(run.metrics_file, tensorboard_dir=run.path / "tb" if s.tensorboard else None,
                            truncate_after_step=start) if rank == 0 else None
-    bar = progress(range(start, s.max_steps), initial=start, total=s.max_steps, desc="grpo", disable=rank != 0)
+    bar = progress(range(start, s.max_steps), initial=start, total=s.max_steps, desc="grpo", disable=True if rank != 0 else None)
     step, t_start = start, time.perf_counter()
     for step in (i + 1 for i in bar):
         metrics = trainer.step()

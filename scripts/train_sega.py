@@ -1,0 +1,183 @@
+"""Train a language model with SEGA: entropy-guided cognitive filtering + Self-Evaluated Group Advantage.
+
+GEM / GenPref-SEGA (arXiv 2511.13007), stage 2; ALGORITHMS.md §4. Stage 1 (reflective SFT on the `chosen`
+answers) is `scripts/train_sft.py --mode pairs`. The original README's commands work as written:
+
+    python scripts/train_sft.py --mode pairs --model_name_or_path smollm2-135m --train_jsonl bundled \\
+        --out_dir outputs/sft-demo --epochs 1 --lr 1e-5 --batch_size 1
+    python scripts/train_sega.py --model_name_or_path outputs/sft-demo --train_jsonl bundled \\
+        --out_dir outputs/sega-demo --k 4 --lambda_fork 0.4 --top_m 0.1 --reward_mapping softmax --beta 1.0 \\
+        --gen_max_new_tokens 256 --temperature 1.0 --top_p 0.95 --epochs 1 --lr 5e-6 --batch_size 1
+    python scripts/train_sega.py --config configs/sega_demo.yaml    # the same pipeline, SFT run `sft-demo` first
+    torchrun --nproc_per_node 2 scripts/train_sega.py --model tiny-llama --batch-size 2 --max-steps 3  # DDP
+
+Flag aliases: --model_name_or_path → --model, --train_jsonl → --dataset, --out_dir → --run_name,
+--lr → --learning_rate. `--beta` is the implicit-reward scale of the final evaluation; the KL
+coefficient is `--kl_coef` (sega/settings.py).
+
+One step (sega/trainer.py):
+    1. sample     batch_size prompts (split over ranks) × k candidates, chat template, T = temperature
+    2. score      Eq. 1 per candidate: S = −H_final + λ·mean(top-m entropies of the reasoning span),
+                  from the policy at T = 1, no grad; final span after a marker or the last final_frac
+    3. filter     valid = non-empty candidates, minus low outliers (--drop_low_outliers) or all but the
+                  (top, bottom) pair (--pairs)
+    4. advantage  r = S or softmax(S/τ); A = r − mean(r) over the valid candidates of each prompt (Eq. 2)
+    5. update     L = (1/B) Σ_q −(1/k_valid) Σ_i A_i·Σ_t lp_θ, micro-batched (+ PPO ratio when
+                  num_iterations > 1, + kl_coef·k3 KL), gradient sum over ranks, clip, AdamW, schedule
+then metrics.jsonl, a checkpoint every save_steps; at the end final/, score_curve.png and the held-out
+preference accuracy (sega.implicit_reward) in pref_accuracy.json.
+
+Outputs in outputs/<run_name>/ (or --out_dir): config.json, metrics.jsonl, checkpoints/step-N/, final/,
+score_curve.png, pref_accuracy.json. Ctrl-C saves a checkpoint first; `--resume` continues from the newest.
+
+Metrics (metrics.jsonl, one line per step; statistics over the valid candidates of all ranks):
+    score, score_std              mean and std of the Eq. 1 score S
+    score_group_range             mean over prompts of max S − min S over all k (0: nothing to learn)
+    h_final                       mean entropy of the final span (lower = more confident answer)
+    fork_entropy                  mean of the top-m reasoning entropies (higher = more exploration)
+    reward, reward_std            mean and std of the mapped reward r (identity: = score)
+    advantage_mean/std/abs_max    advantage statistics (the mean is 0 up to float error)
+    frac_zero_advantage_groups    fraction of prompts whose advantages are all 0 (no gradient)
+    valid_frac                    fraction of candidates in the loss (after filtering)
+    loss, pg_loss                 the optimised loss, and its policy part without the KL term
+    kl                            mean k3 KL to the reference (kl_coef > 0 only)
+    ratio_mean, clip_fraction     mean importance ratio and fraction of clipped tokens (1 and 0 at μ = 1)
+    completion_length(_max)       candidate tokens up to and including EOS
+    truncated_frac                fraction of candidates that hit gen_max_new_tokens
+    grad_norm                     gradient norm before clipping (mean over the μ passes)
+    lr, epoch                     learning rate after the step; pass over the prompts (0-based)
+    num_tokens                    completion tokens of valid candidates in the loss
+    time/generate, time/score, time/update, tokens_per_second   seconds per phase; generated tokens/s
+pref_accuracy.json: n, beta, accuracy, ties, accuracy_length_normalized, ties_length_normalized,
+    reward_chosen_mean, reward_rejected_mean, margin_mean (scripts/eval_pref_accuracy.py).
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grpo import distributed as dd  # noqa: E402
+from grpo.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint, save_model  # noqa: E402
+from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.data.rows import DataError  # noqa: E402
+from grpo.models import load_model_from_settings, resolve_model_path  # noqa: E402
+from grpo.optim import make_optimizer, make_scheduler  # noqa: E402
+from grpo.plots import plot_reward_curve  # noqa: E402
+from grpo.run import MetricsWriter, RunDir, atomic_write_json, output_root, progress, seed_everything  # noqa: E402
+from sega.data import load_pairs  # noqa: E402
+from sega.implicit_reward import preference_accuracy  # noqa: E402
+from sega.settings import SegaSettings  # noqa: E402
+from sega.trainer import SegaTrainer  # noqa: E402
+
+ALIASES = {"model_name_or_path": "model", "train_jsonl": "dataset", "out_dir": "run_name", "lr": "learning_rate"}
+
+
+def run_folder(name: str) -> Path:
+    """A name under outputs/ ($GRPO_OUTPUT_ROOT), or a path when it contains a slash (`outputs/sega-demo`)."""
+    return Path(name) if "/" in name or "\\" in name else output_root() / name
+
+
+def base_model_name(s: SegaSettings) -> str:
+    """What a saved adapter records as its base: the base of a starting adapter (SFT's), else `model`."""
+    adapter = Path(resolve_model_path(s.model, cache_dir=s.model_cache_dir or None)) / "adapter_config.json"
+    return json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else s.model
+
+
+def load_rows(source: str, split: str, limit: int | None = None) -> list[dict]:
+    try:
+        rows = load_pairs(source, split, limit)
+    except DataError as e:
+        raise UserError(str(e)) from None
+    if not rows:
+        raise UserError(f"no preference pairs in {source} [{split}]")
+    return rows
+
+
+def main() -> None:
+    # settings, data (before the slow model load, so a bad file fails fast), model
+    rank, _ = dd.init_distributed()
+    s = parse_settings(SegaSettings, description=__doc__, print_config=rank == 0, section="sega", aliases=ALIASES)
+    seed_everything(s.seed + rank)  # ranks sample different candidates; the data order is shared
+    rows = load_rows(s.dataset, s.split, s.dataset_limit)
+    eval_rows = load_rows(s.eval_dataset, s.eval_split) if s.eval_dataset and rank == 0 else []
+    model, tok = load_model_from_settings(s)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserError("the model has no trainable parameters (load_in_4bit needs use_lora)")
+    base_name = base_model_name(s)
+    ref_model = load_model_from_settings(s, trainable=False)[0] if s.kl_coef > 0 and not s.use_lora else None
+    run = RunDir(run_folder(s.run_name))
+    if rank == 0:
+        run.save_config(s)
+
+    max_steps = s.max_steps or math.ceil(s.epochs * len(rows) / s.batch_size)
+    total_opt_steps = max_steps * s.num_iterations
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, name=s.optimizer, lr=s.learning_rate, weight_decay=s.weight_decay)
+    scheduler = make_scheduler(optimizer, kind=s.lr_scheduler, total_steps=total_opt_steps,
+                               warmup_steps=math.ceil(s.warmup_ratio * total_opt_steps))
+    try:
+        trainer = SegaTrainer(s, model, tok, rows, optimizer, scheduler, ref_model=ref_model)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+    start = 0
+    if s.resume and run.latest_checkpoint() is not None:
+        state = load_checkpoint(run.latest_checkpoint(), model=model, optimizer=optimizer, scheduler=scheduler)
+        start = state["step"]
+        trainer.sampler.load_state(state["data"]["sampler"])
+        if rank == 0:
+            print(f"resumed from {run.latest_checkpoint()} at step {start}", file=sys.stderr)
+    elif s.resume:
+        print(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0", file=sys.stderr)
+
+    def checkpoint(step: int) -> None:
+        if rank == 0:
+            save_checkpoint(run.checkpoint(step), model=model, tokenizer=tok, optimizer=optimizer,
+                            scheduler=scheduler, step=step, data_state={"sampler": trainer.sampler.state()},
+                            base_name=base_name)
+            prune_checkpoints(run.checkpoints, keep=s.save_total_limit)
+
+    interrupted = []
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))  # finish the step, save, exit
+
+    writer = MetricsWriter(run.metrics_file, tensorboard_dir=run.path / "tb" if s.tensorboard else None,
+                           truncate_after_step=start) if rank == 0 else None
+    bar = progress(range(start, max_steps), initial=start, total=max_steps, desc="sega",
+                   disable=None if rank == 0 else True)  # None: shown on a terminal (or GRPO_PROGRESS=1)
+    step, t_start = start, time.perf_counter()
+    for step in (i + 1 for i in bar):
+        metrics = trainer.step()  # 1.-5. sample, score, filter, advantages, update
+        if writer is not None and (step % s.logging_steps == 0 or step == max_steps):
+            writer.log(step, metrics)
+            bar.set_postfix(score=f"{metrics['score']:.3f}", len=f"{metrics['completion_length']:.0f}")
+        if interrupted:
+            checkpoint(step)
+            print(f"\ninterrupted: saved {run.checkpoint(step)}; continue with --resume", file=sys.stderr)
+            sys.exit(130)
+        if s.save_steps and step % s.save_steps == 0 and step < max_steps:
+            checkpoint(step)
+
+    if rank != 0:
+        return
+    checkpoint(step)
+    save_model(model, tok, run.final, base_name=base_name)
+    writer.close()
+    png = plot_reward_curve(run.metrics_file, run.path / "score_curve.png", keys=("score",),
+                            title=f"SEGA · {s.model}")
+    print(f"done: {step} steps in {time.perf_counter() - t_start:.0f}s; model in {run.final}; curve {png}")
+    if eval_rows:  # held-out preference accuracy of the trained policy
+        acc = preference_accuracy(model, tok, eval_rows, beta=s.beta, batch_size=s.eval_batch_size)
+        out = atomic_write_json(run.path / "pref_accuracy.json",
+                                {**acc, "model": str(run.final), "data": s.eval_dataset, "split": s.eval_split})
+        print(f"preference accuracy {acc['accuracy']:.4f} (ties {acc['ties']:.4f}, length-normalised "
+              f"{acc['accuracy_length_normalized']:.4f}) on {acc['n']} pairs; {out}")
+
+
+if __name__ == "__main__":
+    cli_main(main)

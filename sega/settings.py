@@ -1,0 +1,136 @@
+"""Settings of a SEGA run (scripts/train_sega.py, sega/trainer.py); ALGORITHMS.md §4.
+
+The flags of the original GenPref-SEGA README keep their names (`--k --lambda_fork --top_m --final_window
+--final_frac --reward_mapping --beta --gen_max_new_tokens --temperature --top_p --epochs --batch_size
+--seed`); scripts/train_sega.py maps the rest (`--lr --model_name_or_path --train_jsonl --out_dir`).
+
+Two betas: the README's `beta` is the implicit-reward scale of r(q, a) = β·Σ lp (evaluation; it never
+changes a ranking), so the k3 KL coefficient, off by default, is `kl_coef`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from grpo.models import ModelSettings
+from sega.scoring import DEFAULT_MARKERS
+
+
+@dataclass
+class SegaSettings(ModelSettings):
+    # --- data
+    dataset: str = "bundled"
+    """preference pairs {"prompt", "chosen", "rejected"}: `bundled`, a .jsonl/.json file or a folder"""
+    split: str = "train"
+    """split of the bundled set or folder to train on"""
+    dataset_limit: Optional[int] = None
+    """train on the first N pairs only"""
+    eval_dataset: str = "bundled"
+    """pairs for the held-out preference accuracy written at the end ("" = skip the evaluation)"""
+    eval_split: str = "test"
+    """split of eval_dataset"""
+    eval_batch_size: int = 8
+    """pairs scored together by the evaluation"""
+    # --- 1. sampling
+    k: int = 4
+    """candidates sampled per prompt (the group size of Eq. 2)"""
+    gen_max_new_tokens: int = 256
+    """new tokens per candidate at most"""
+    temperature: float = 0.9
+    """sampling temperature (scores and the loss always read the model distribution, T = 1)"""
+    top_p: float = 1.0
+    """nucleus sampling mass (1.0 = off; the seed README used 0.95)"""
+    top_k: int = 0
+    """top-k sampling (0 = off)"""
+    min_p: float = 0.0
+    """min-p sampling (0 = off)"""
+    stop_strings: list[str] = field(default_factory=list)
+    """strings that end a candidate early"""
+    # --- 2. entropy-guided score (Eq. 1)
+    lambda_fork: float = 1.0
+    """λ: weight of the mean top-m entropy of the reasoning span (official code 1.0; seed README 0.4)"""
+    top_m: float = 0.1
+    """top-m of the reasoning span: a fraction (< 1) or a count (>= 1)"""
+    final_frac: float = 0.2
+    """final span without a marker: the last ceil(final_frac·n) tokens"""
+    final_window: Optional[int] = None
+    """final span without a marker: the last N tokens (replaces final_frac when set)"""
+    markers: list[str] = field(default_factory=lambda: list(DEFAULT_MARKERS))
+    """final-answer markers; the final span starts after the last one found"""
+    # --- 3. cognitive filtering
+    drop_low_outliers: bool = False
+    """leave out candidates scoring below Q1 − iqr_factor·(Q3 − Q1) of their group"""
+    iqr_factor: float = 1.5
+    """Tukey fence factor of drop_low_outliers"""
+    pairs: bool = False
+    """train only on the (top, bottom) scored candidates of each prompt"""
+    # --- 4. rewards and advantages (Eq. 2)
+    reward_mapping: Literal["identity", "softmax"] = "identity"
+    """r = S (identity) or softmax(S / tau) over the valid candidates of a prompt"""
+    tau: float = 1.0
+    """softmax temperature of reward_mapping=softmax"""
+    adv_norm: Literal["center", "zscore"] = "center"
+    """A = r − mean(r) (paper) or divided by the group std as well (official code)"""
+    # --- 5. loss
+    length_normalize: bool = False
+    """divide each candidate's Σ_t lp by its length"""
+    num_iterations: int = 1
+    """optimiser passes per sampled batch; > 1 switches on the PPO ratio and clip"""
+    epsilon: float = 0.2
+    """ε_low of the ratio clip (num_iterations > 1)"""
+    epsilon_high: float = 0.2
+    """ε_high of the ratio clip (num_iterations > 1)"""
+    kl_coef: float = 0.0
+    """k3 KL coefficient; 0 = no reference pass. With LoRA the reference is the adapter switched off: the
+    base model, before SFT when an SFT adapter is trained further"""
+    beta: float = 1.0
+    """β of the implicit reward r(q, a) = β·Σ lp used by the final preference evaluation"""
+    # --- optimisation
+    epochs: int = 1
+    """passes over the training prompts (ignored when max_steps > 0)"""
+    max_steps: int = 0
+    """SEGA steps to run; 0 = ceil(epochs · prompts / batch_size)"""
+    batch_size: int = 1
+    """prompts per SEGA step, over all ranks (each gets k candidates)"""
+    micro_batch_size: int = 8
+    """candidates per forward/backward pass, rounded down to whole prompts (at least one)"""
+    learning_rate: float = 1e-4
+    """peak AdamW learning rate (LoRA; the seed README's 5e-6 is for full fine-tuning of an 8B model)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
+    """AdamW, or bitsandbytes' 8-bit AdamW"""
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    """learning-rate schedule after warm-up"""
+    warmup_ratio: float = 0.0
+    """fraction of optimiser steps spent warming up linearly"""
+    max_grad_norm: float = 1.0
+    """gradient clipping (0 = off)"""
+    # --- run
+    run_name: str = "sega"
+    """output folder: a name under outputs/ ($GRPO_OUTPUT_ROOT) or a path containing '/'"""
+    seed: int = 0
+    """random seed (data order, sampling, LoRA initialisation)"""
+    logging_steps: int = 1
+    """log metrics every N steps"""
+    save_steps: int = 20
+    """write a resumable checkpoint every N steps (0 = only at the end)"""
+    save_total_limit: int = 2
+    """keep only the newest N checkpoints"""
+    resume: bool = False
+    """continue from the newest checkpoint of this run"""
+    tensorboard: bool = False
+    """also write TensorBoard event files"""
+
+    def __post_init__(self) -> None:
+        checks = {"k": self.k >= 2, "batch_size": self.batch_size >= 1, "micro_batch_size": self.micro_batch_size >= 1,
+                  "gen_max_new_tokens": self.gen_max_new_tokens >= 1, "num_iterations": self.num_iterations >= 1,
+                  "temperature": self.temperature > 0, "top_m": self.top_m > 0, "tau": self.tau > 0,
+                  "final_frac": 0 < self.final_frac <= 1, "beta": self.beta > 0, "kl_coef": self.kl_coef >= 0,
+                  "final_window": self.final_window is None or self.final_window >= 1,
+                  "epochs": self.epochs >= 1, "max_steps": self.max_steps >= 0}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid value of {', '.join(bad)}: " +
+                             ", ".join(f"{n}={getattr(self, n)!r}" for n in bad) +
+                             " (k >= 2; sizes >= 1; temperature, top_m, tau, beta > 0; 0 < final_frac <= 1)")
