@@ -24,7 +24,7 @@ Implementation details:
      one character and not `t1`-style aliases, plus the contents of single-quoted literals, all
      lower-cased. Double-quoted, backquoted and bracketed names are identifiers (SQLite's reading;
      the original counted double-quoted names as values).
-[D2] Phrases (`entity_phrase`): snake_case and camelCase become words, and a trailing "name" or
+[D2] Phrases (`entity_phrase`): snake_case becomes words, and a trailing "name" or
      "title" is dropped from a multi-word phrase ("director_name" → "director"), because questions
      say "who directed" rather than "director name" (as the original).
 [D3] Two counting rules for m and b:
@@ -40,7 +40,6 @@ Implementation details:
 from __future__ import annotations
 
 import importlib.util
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +61,7 @@ inner left right outer full cross natural join on using union intersect except c
 with recursive over partition rows range window filter primary key foreign references unique check
 default integer int real text blob numeric varchar char date boolean float double decimal if replace
 true false collate escape cast nulls first last current row unbounded preceding following
-count sum avg min max total round abs length lower upper substr substring trim coalesce ifnull nullif
+count sum avg min max round abs length lower upper substr substring trim coalesce ifnull nullif
 strftime julianday datetime time group_concat instr printf iif row_number rank dense_rank lag lead
 ntile percent_rank cume_dist first_value last_value nth_value
 """.split())
@@ -89,8 +88,8 @@ def sql_entities(sql: str) -> set[str]:
 
 
 def entity_phrase(entity: str) -> str:
-    """The words an entity is looked for as: "product_name" → "product", "unitPrice" → "unit price" [D2]."""
-    words = re.sub(r"([a-z])([A-Z])", r"\1 \2", entity).replace("_", " ").split()
+    """The words an entity is looked for as: "product_name" → "product", "unit_price" → "unit price" [D2]."""
+    words = entity.replace("_", " ").split()
     if len(words) > 1 and words[-1].lower() in ("name", "title"):
         words = words[:-1]
     return " ".join(words)
@@ -205,7 +204,3 @@ def load_minilm(device: str = "cpu", batch_size: int = 64) -> Embed:
 
     return embed
 
-
-def is_finite_unit(x: float) -> bool:
-    """Whether x is a finite number in [0, 1] (a valid target)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and 0.0 <= x <= 1.0

@@ -26,13 +26,15 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from grpo.config import UserError
+
 Row = dict[str, Any]
 Schema = Mapping[str, "type | tuple[type, ...]"]  # key -> accepted type(s)
 
 MAX_REPORTED = 10  # [D2] bad rows listed in one error message
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data source is missing, unreadable, or holds rows that do not fit the expected schema."""
 
 

@@ -25,8 +25,9 @@ Implementation details:
      write a question, and the score model learns that such a question is wrong.
 [D4] `corrupt`: with probability p (0.55) pick n ∈ {1, 2, 3, 4} with weights 0.55/0.30/0.10/0.05
      (the original's stated split), capped by the number of operations that apply, then n distinct
-     applicable operations in random order; one that no longer applies after an earlier one is
-     skipped. `ops` lists those actually applied (empty: the query is the gold one).
+     applicable operations in random order; one that no longer applies after an earlier one, or
+     that would undo the corruption (add_column re-adding the column remove_column dropped), is
+     skipped. `ops` lists those actually applied; the result differs from the gold iff `ops` is not empty.
 [D5] Output whitespace is normalised (single spaces outside literals), also for an unchanged query.
 """
 from __future__ import annotations
@@ -236,18 +237,18 @@ def replace_column(sql: str, rng: random.Random, schema: Schema) -> Optional[str
 
 def replace_values(sql: str, rng: random.Random, schema: Schema) -> Optional[str]:
     toks, _ = _tokens(sql)
-    words = [t.upper() for t in toks]
-    spots = []
+    spots, previous_word = [], ""
     for i, t in enumerate(toks):
-        before = next((w for w in reversed(words[:i]) if not w.isspace()), "")
         if t.startswith("'") and len(t) >= 2:
             others = [s for s in schema.strings if s != t[1:-1].replace("''", "'")]
-        elif _NUMBER.fullmatch(t) and before not in ("LIMIT", "OFFSET"):
+        elif _NUMBER.fullmatch(t) and previous_word not in ("LIMIT", "OFFSET"):
             others = [n for n in schema.numbers if float(n) != float(t)]
         else:
-            continue
+            others = []
         if others:
             spots.append((i, others))
+        if not t.isspace():
+            previous_word = t.upper()
     if not spots:
         return None
     i, others = rng.choice(spots)
@@ -276,9 +277,10 @@ def corrupt(sql: str, rng: random.Random, schema: Schema, *, p: float = P_CORRUP
         return Corruption(_join(_tokens(sql)[0]), ())
     names = applicable(sql, schema)
     n = min(rng.choices(range(1, len(count_weights) + 1), weights=count_weights)[0], len(names))
+    gold = _join(_tokens(sql)[0])
     out, done = sql, []
     for name in rng.sample(names, n):
         changed = OPERATIONS[name](out, rng, schema)
-        if changed is not None:
+        if changed is not None and changed != gold:  # [D4] e.g. add_column re-adding a removed column
             out, done = changed, done + [name]
     return Corruption(_join(_tokens(out)[0]), tuple(done))
