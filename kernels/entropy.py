@@ -14,9 +14,11 @@ Gradient (autograd.Function below; backends implement it tile by tile):
     ∂/∂z_j:  dz_j = g_lp · (1[j=y] − p_j) − g_H · p_j · (log p_j + H),   dx_j = dz_j / T
 
 Symbol → code:
-    x logits (B, T, V) view of the input      y ids          T temperature (inv_t = 1/T)
+    x logits, viewed as (B, T, V) rows        y ids          T temperature (inv_t = 1/T)
     M m (B, T) fp32                           log S log_s    H entropy      lp(y) logp
     g_lp, g_H grad_logp, grad_entropy         keep = mask (True = scored position)
+Shapes: (B, T, V) is B blocks of T rows (grpo/__init__.py letters); when the leading dims merge into
+one, B = 1 and T = N rows. In the equations T is the temperature, as in ALGORITHMS.md.
 
 Implementation details:
 [D1] The shift uses the raw-logit max and is applied before the temperature: s = (x − M)/T, never
@@ -35,8 +37,8 @@ Implementation details:
      (B, L, V) tensor is handled through its two strides. The last dim must have stride 1: a
      transposed tensor is refused rather than silently copied (that copy is as large as the input).
 [D8] Under no grad (rollout scoring) no autograd.Function is built and nothing is saved.
-[D9] Supported input dtypes fp32 / bf16 / fp16 (fp64 too on `reference`); results are fp32, and all
-     accumulation is fp32 whatever the input.
+[D9] Supported input dtypes fp32 / bf16 / fp16 (fp64 too on `reference`); results are fp32, and
+     accumulation is at least fp32 whatever the input (float64 in the compiled CPU sums, [C8]).
 Backends: `reference` (float64 autograd, the definition), `cpu` (kernels.entropy_cpu: one compiled
 pass, chunked eager fallback), `triton` (kernels.entropy_triton); `auto` = triton on CUDA else cpu.
 """
@@ -189,7 +191,7 @@ def token_logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor, *, tempe
     lead = logits.shape[:-1]
     x = _rows_view(logits)  # (B, T, V) [D7]
     ids3 = ids.reshape(x.shape[:2])  # (B, T)
-    keep = torch.ones_like(ids3, dtype=torch.bool) if mask is None else mask.reshape(x.shape[:2])
+    keep = torch.ones_like(ids3, dtype=torch.bool) if mask is None else mask.reshape(x.shape[:2])  # (B, T)
     inv_t = 1.0 / float(temperature)
     if x.shape[0] * x.shape[1] == 0:  # N = 0: empty outputs, still connected to the graph
         empty = logits.sum(-1).float() * 0  # [...] (empty)

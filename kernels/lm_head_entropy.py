@@ -61,9 +61,11 @@ def _forward(h, weight, bias, ids, inv_t, chunk_tokens, chunk_vocab):
             delta = torch.where(mt > float("-inf"), (mt - m_new) * inv_t, 0.0)  # first tile: no rescale
             s = x.sub_(m_new[:, None]).mul_(inv_t)  # (n, v) s' ≤ 0, in place
             e = torch.exp(s)  # (n, v), the second tile buffer [L2]
+            s_tile = e.sum(1)  # (n,)
+            w_tile = s.mul_(e).sum(1)  # (n,) Σ e^{s'}·s', in place in the first buffer
             alpha = torch.exp(delta)
-            wt.copy_(alpha * (wt + delta * st) + e.mul(s).sum(1))
-            st.copy_(alpha * st + e.sum(1))
+            wt.copy_(alpha * (wt + delta * st) + w_tile)
+            st.copy_(alpha * st + s_tile)
             mt.copy_(m_new)
     log_s = torch.log(s_sum)
     return (x_y - m) * inv_t - log_s, log_s - w_sum / s_sum, m, log_s

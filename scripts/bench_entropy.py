@@ -23,7 +23,7 @@ selective_log_softmax + entropy_from_logits (its CPU path; on CUDA TRL dispatche
 kernel); `ours cpu` = kernels backend "cpu" (compiled one pass), `ours cpu-eager` = the same with
 compile off; `ours triton` (CUDA only).
 
-Glossary: median_ms · p10_ms/p90_ms (spread over rounds) · GBps = N·V·bytes / median ·
+Glossary: median_ms · min_ms (least disturbed round) · p10_ms/p90_ms (spread over rounds) · GBps = N·V·bytes / median ·
 x_floor = median / floor median · speedup_vs_naive, speedup_vs_trl = their median / ours ·
 peak_extra_MB and extra_pct (of the logits' size) · err_logp / err_H = max |ours − float64|.
 """
@@ -201,15 +201,19 @@ def run_shape(cfg: Settings, N: int, V: int, command: str) -> list[dict]:
                 print(f"  {name}: FAIL correctness (err logp {err[0]:.2e}, H {err[1]:.2e}); not timed")
                 continue
             fns[name] = fn
+        load_before = os.getloadavg()[0]
         times = time_interleaved(fns, logits, ids, cfg.repeats, cfg.device)
+    load = (load_before, os.getloadavg()[0])  # other processes on the machine: reported with the results
     del logits
     med = {k: statistics.median(v) for k, v in times.items()}
     versions = {"torch": torch.__version__, "trl": _version("trl"), "threads": torch.get_num_threads(),
+                "loadavg_1min_before_after": load, "cpus": os.cpu_count(),
                 "device": torch.cuda.get_device_name() if cfg.device == "cuda" else _cpu_name()}
     for name, ts in times.items():
         q = statistics.quantiles(ts, n=10, method="inclusive") if len(ts) >= 2 else [ts[0]] * 9
         mem = measure_memory(name, N, V, cfg.dtype, cfg.device) if cfg.memory and name != "floor" else float("nan")
-        rows.append(dict(N=N, V=V, dtype=cfg.dtype, method=name, median_ms=1e3 * med[name], p10_ms=1e3 * q[0],
+        rows.append(dict(N=N, V=V, dtype=cfg.dtype, method=name, median_ms=1e3 * med[name], min_ms=1e3 * min(ts),
+                         p10_ms=1e3 * q[0],
                          p90_ms=1e3 * q[-1], GBps=nbytes / med[name] / 1e9, x_floor=med[name] / med["floor"],
                          speedup_vs_naive=med.get("naive", float("nan")) / med[name],
                          speedup_vs_trl=med.get("trl", float("nan")) / med[name], peak_extra_MB=mem,
@@ -234,12 +238,12 @@ def _cpu_name():
 
 
 def markdown(rows) -> str:
-    head = ("| N × V | method | median ms (p10–p90) | GB/s | × floor | vs naive | vs TRL | peak extra MB (% logits) "
-            "| max err lp / H |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| N × V | method | median ms (p10–p90) | min ms | GB/s | × floor | vs naive | vs TRL "
+            "| peak extra MB (% logits) | max err lp / H |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['N']}×{r['V']} | {r['method']} | {r['median_ms']:.1f} ({r['p10_ms']:.1f}–{r['p90_ms']:.1f}) "
-                     f"| {r['GBps']:.1f} | {r['x_floor']:.2f} | {r['speedup_vs_naive']:.1f}× | {r['speedup_vs_trl']:.1f}× "
+                     f"| {r['min_ms']:.1f} | {r['GBps']:.1f} | {r['x_floor']:.2f} | {r['speedup_vs_naive']:.1f}× | {r['speedup_vs_trl']:.1f}× "
                      f"| {r['peak_extra_MB']:.1f} ({r['extra_pct']:.1f} %) | {r['err_logp']:.1e} / {r['err_H']:.1e} |")
     return "\n".join(lines)
 
@@ -293,6 +297,7 @@ def main():
         print(f"shape {N}x{V} ({cfg.dtype}, {cfg.device}) ...", flush=True)
         rows += run_shape(cfg, N, V, command)
     print(markdown(rows))
+    print("versions and load:", rows[0]["versions"])
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:

@@ -8,11 +8,11 @@ import math
 
 import pytest
 import torch
-from torch.utils._pytree import tree_leaves
+from conftest import TOL
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from kernels import entropy_cpu, token_logprobs_and_entropy
-from conftest import TOL
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
