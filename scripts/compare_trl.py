@@ -1,0 +1,169 @@
+"""Equal-budget comparison with TRL: the same GRPO run through our trainer and TRL's GRPOTrainer, side by side.
+
+Run (needs the optional `bench` extra, TRL):
+    python scripts/compare_trl.py                                  # smollm2-135m + LoRA, arithmetic task, 30 steps
+    python scripts/compare_trl.py --model tiny-llama --max-steps 6 --out /tmp/cmp     # quick check
+
+Steps:
+ 1. Both runs are made by scripts/bench_grpo_step.py in one command (its worker subprocesses, lock-step, ABBA
+    order so that load from other processes on a shared CPU hits both alike): the same model and initial LoRA
+    adapter, the same prompts at every step (TRL reads the rows in our sampler's order; checked per step), the
+    same G, lengths, optimiser, LR and seed, and the task's reward functions called exactly as our trainer
+    calls them (chat-message prompts, completions = prompt_suffix + generated text). The samples themselves
+    differ (each framework draws its own random numbers).
+ 2. Step 1 of each is a warm-up (lazy initialisation, torch.compile): it is in the reward curves but not in
+    the timings.
+ 3. Side-by-side table on stdout and <out>.md / <out>.csv (with versions and the command), every step in
+    <out>.json, both reward curves in <out>.png.
+
+Glossary: s_step median seconds per step (after the warm-up) · tokens_s median completion tokens per second ·
+peak_rss_mb process high-water mark · steps_peak_rss_mb high-water mark during the steps only ·
+reward_first5 / reward_last5 mean reward of the first / last 5 steps · load1 mean 1-minute load average
+during the steps (2 cores: above 2 means other processes competed for the CPU).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Literal
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.run import atomic_path  # noqa: E402
+from grpo.settings import GRPOSettings  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent / "bench_grpo_step.py"
+
+
+@dataclass
+class CompareSettings(GRPOSettings):
+    max_steps: int = 30
+    """steps per framework (the first is a warm-up: in the curves, not in the timings)"""
+    prompts_per_step: int = 2
+    """B: prompts per generation batch (small: this runs on a 2-core CPU)"""
+    max_completion_length: int = 64
+    """L: new tokens per completion at most"""
+    schedule: Literal["interleaved", "sequential"] = "interleaved"
+    """interleaved: one step of each in turn (ABBA); sequential: all steps of ours, then all of TRL's"""
+    threads: int = 1
+    """torch threads per worker (0 = torch's default); 1 because on a shared 2-core CPU a second OpenMP
+    thread waits on a busy core: small matmuls measured 25× slower with 2 threads at load average 5"""
+    window: int = 5
+    """steps averaged for the first/last reward and the running mean in the plot"""
+    out: str = "docs/compare_trl"
+    """output prefix: <out>.md, <out>.csv, <out>.json, <out>.png ('' = print only)"""
+
+
+def flag(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    return json.dumps(value) if isinstance(value, list) else str(value)
+
+
+def run_bench(s: CompareSettings, tmp: Path) -> dict:
+    """Both runs through scripts/bench_grpo_step.py (a subprocess: scripts never import scripts)."""
+    if s.max_steps < 2:
+        raise UserError("max_steps must be ≥ 2 (step 1 is a warm-up)")
+    argv = [f"--{f.name}={flag(getattr(s, f.name))}" for f in fields(GRPOSettings)]
+    argv += ["--warmup=1", f"--steps={s.max_steps - 1}", f"--schedule={s.schedule}", f"--threads={s.threads}",
+             "--frameworks=ours,trl", f"--out={tmp / 'bench'}"]
+    done = subprocess.run([sys.executable, str(BENCH), *argv])
+    if done.returncode != 0:
+        raise UserError(f"{BENCH.name} failed with exit code {done.returncode}")
+    return json.loads((tmp / "bench.json").read_text())
+
+
+def summarise(bench: dict, window: int) -> dict[str, dict]:
+    out = {}
+    for name, timing in bench["summary"].items():
+        rewards = [r["reward"] for r in bench["records"] if r["framework"] == name]  # step order
+        out[name] = {"framework": name, "steps": len(rewards), "s_step": timing["s_step"],
+                     "tokens_s": timing["tokens_s"], "len": timing["len"], "peak_rss_mb": timing["peak_rss_mb"],
+                     "steps_peak_rss_mb": timing["steps_peak_rss_mb"],
+                     "reward_first5": statistics.mean(rewards[:window]),
+                     "reward_last5": statistics.mean(rewards[-window:]), "load1": timing["load1"]}
+    return out
+
+
+COLUMNS = [("framework", "{}"), ("steps", "{}"), ("s_step", "{:.2f}"), ("tokens_s", "{:.1f}"), ("len", "{:.1f}"),
+           ("peak_rss_mb", "{:.0f}"), ("steps_peak_rss_mb", "{:.0f}"), ("reward_first5", "{:.3f}"),
+           ("reward_last5", "{:.3f}"), ("load1", "{:.2f}")]
+
+
+def markdown(rows: dict[str, dict], title: str) -> str:
+    lines = [title, "", "| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(f.format(r[c]) for c, f in COLUMNS) + " |" for r in rows.values()]
+    o, t = rows["ours"], rows["trl"]
+    lines += ["", f"ours ÷ TRL: time per step {o['s_step'] / t['s_step']:.2f}× (target ≤ 0.6), tokens/s "
+                  f"{o['tokens_s'] / t['tokens_s']:.2f}×, peak RSS {o['peak_rss_mb'] / t['peak_rss_mb']:.2f}× "
+                  f"(target ≤ 0.8); reward over the last steps {o['reward_last5']:.3f} vs {t['reward_last5']:.3f}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], out: Path, *, window: int, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=110)
+    for name, color in (("ours", "tab:blue"), ("trl", "tab:orange")):
+        pts = [(r["step"], r["reward"]) for r in records if r["framework"] == name]
+        steps, rewards = zip(*pts)
+        ax.plot(steps, rewards, ".", color=color, alpha=0.35)
+        mean = [statistics.mean(rewards[max(0, i - window + 1):i + 1]) for i in range(len(rewards))]
+        ax.plot(steps, mean, "-", color=color, label=f"{'ours' if name == 'ours' else 'TRL'} (mean of {window})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean reward")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def main() -> None:
+    s = parse_settings(CompareSettings, description=__doc__)
+    command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="compare-trl-") as tmp:
+        bench = run_bench(s, Path(tmp))
+    rows = summarise(bench, s.window)
+    load = f"{bench['loadavg_before'][0]:.2f}/{bench['loadavg_after'][0]:.2f}"
+    title = (f"GRPO, {s.task} task, {s.model} (LoRA {s.use_lora}), B={s.prompts_per_step} G={s.num_generations} "
+             f"L={s.max_completion_length}, lr {s.learning_rate}, {s.max_steps} steps, {s.schedule}; load avg "
+             f"before/after {load} on {os.cpu_count()} CPUs\n\n`{command}`")
+    table = markdown(rows, title)
+    print(table)
+    if s.out:
+        out = Path(s.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(table)
+        with open(out.with_suffix(".csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=[c for c, _ in COLUMNS] + ["versions", "command"])
+            w.writeheader()
+            for r in rows.values():
+                w.writerow({**{c: r[c] for c, _ in COLUMNS}, "versions": json.dumps(bench["versions"]),
+                            "command": command})
+        out.with_suffix(".json").write_text(json.dumps(
+            {"command": command, "settings": asdict(s), "versions": bench["versions"], "summary": rows,
+             "loadavg_before": bench["loadavg_before"], "loadavg_after": bench["loadavg_after"],
+             "records": bench["records"]}, indent=1) + "\n")
+        plot(bench["records"], out.with_suffix(".png"), window=s.window,
+             title=f"{s.task} · {s.model} · B={s.prompts_per_step} G={s.num_generations} L={s.max_completion_length}")
+        print(f"wrote {out.with_suffix('.md')}, .csv, .json, .png", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -1,0 +1,227 @@
+"""grpo.loss.policy_loss against TRL's own loss code (trl.GRPOTrainer._compute_loss), on identical inputs.
+
+How TRL's code is reached without re-implementing it: a real `trl.GRPOTrainer` is built on the tiny Llama;
+its forward-pass hook `_get_per_token_logps_and_entropies` is replaced by one that returns our leaf tensors
+(log-probs, entropies), and `compute_loss` is called with the inputs dict its `_generate_and_score_completions`
+would have produced (old/ref log-probs, advantages, masks, `num_items_in_batch`). Everything after that hook
+— ratio, clip, δ, KL, entropy mask, entropy bonus, aggregation, gradient-accumulation scaling — is TRL's
+code. Gradients are taken w.r.t. the same leaves, so value and gradient are compared on one graph each.
+
+The deliberate differences (docs/trl_differences.md) are tested as differences, not hidden: forking tokens
+are selected per optimiser step by us and per micro-batch by TRL, and TRL's `torch.quantile` threshold can
+keep one token fewer than our exact ⌈ρ·N⌉.
+Inputs are float64 so the comparison measures the formulas, not rounding (TOL[float64] ≤ the 1e-6 asked).
+Skipped when TRL (the optional `bench` extra) is not installed.
+"""
+import math
+
+import pytest
+import torch
+from conftest import TOL
+
+trl = pytest.importorskip("trl", reason="TRL is not installed (optional extra: pip install -e .[bench])")
+datasets = pytest.importorskip("datasets", reason="TRL needs the datasets package")
+
+from grpo.loss import policy_loss  # noqa: E402
+from grpo.models import named_model_path  # noqa: E402
+from kernels import top_k_entropy_mask  # noqa: E402
+
+N, T, G, L = 8, 7, 4, 7  # sequences, completion columns, group size, max_completion_length
+EPS_LOW, EPS_HIGH, BETA = 0.2, 0.28, 0.04
+DTYPE = torch.float64
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    return str(named_model_path("tiny-llama", cache_dir=tmp_path_factory.mktemp("models")))
+
+
+@pytest.fixture(scope="module")
+def make_trl(tiny_path, tmp_path_factory):
+    """A real trl.GRPOTrainer for a GRPOConfig; cached per config (construction validates the options)."""
+    built = {}
+
+    def make(micro_batches: int, **config):
+        key = (micro_batches, tuple(sorted(config.items())))
+        if key not in built:
+            args = trl.GRPOConfig(
+                output_dir=str(tmp_path_factory.mktemp("trl")), use_cpu=True, bf16=False, report_to=[],
+                save_strategy="no", activation_checkpointing=False, num_generations=G, max_completion_length=L,
+                per_device_train_batch_size=N // micro_batches, gradient_accumulation_steps=micro_batches,
+                epsilon=EPS_LOW, **config)
+            rows = [{"prompt": [{"role": "user", "content": "hi"}]}] * N
+            trainer = trl.GRPOTrainer(model=tiny_path, reward_funcs=lambda prompts, completions, **_: [0.0] * len(prompts),
+                                      args=args, train_dataset=datasets.Dataset.from_list(rows))
+            trainer.model.train()  # TRL picks its train-mode normalisers from model.training
+            trainer.current_gradient_accumulation_steps = micro_batches  # set by Trainer's loop in training
+            assert trainer.args.steps_per_generation == micro_batches  # one generation batch per optimiser step
+            built[key] = trainer
+        return built[key]
+
+    return make
+
+
+def make_batch(seed=0):
+    """(N, T) float64 inputs; finite garbage on padding (TRL multiplies by the mask, so it needs finite values)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([T, 0, 3, 5, 1, T, 6, 2])  # a full row, a fully masked (truncated) row, ragged rest
+    mask = torch.arange(T)[None, :] < lengths[:, None]  # (N, T) bool
+    logp = -torch.rand(N, T, generator=g, dtype=DTYPE) * 3
+    return dict(
+        mask=mask, logp=logp,
+        old=logp + torch.randn(N, T, generator=g, dtype=DTYPE) * 0.4,  # ratios spread over the clip range
+        ref=logp + torch.randn(N, T, generator=g, dtype=DTYPE) * 0.5,
+        entropy=torch.randperm(N * T, generator=g).to(DTYPE).view(N, T) / 8,  # distinct, exact in fp32 (TRL's quantile)
+        adv=torch.randn(N, generator=g, dtype=DTYPE))
+
+
+def trl_losses(trainer, b, *, micro_batches, with_old=True, with_ref=False):
+    """TRL's loss of each micro-batch, and d(Σ losses)/d(logp, entropy)."""
+    logp = b["logp"].clone().requires_grad_()
+    entropy = b["entropy"].clone().requires_grad_()
+    size = N // micro_batches
+    losses = []
+    for start in range(0, N, size):
+        sl = slice(start, start + size)
+        trainer._get_per_token_logps_and_entropies = (  # the model forward, replaced by our tensors
+            lambda *_, sl=sl, **__: (logp[sl], entropy[sl], None))
+        inputs = {
+            "prompt_ids": torch.ones(size, 2, dtype=torch.long), "prompt_mask": torch.ones(size, 2, dtype=torch.long),
+            "completion_ids": torch.ones(size, T, dtype=torch.long), "completion_mask": b["mask"][sl].long(),
+            "advantages": b["adv"][sl], "num_items_in_batch": b["mask"].sum()}  # TRL: Σ m of the generation batch
+        if with_old:  # without it TRL uses logp.detach() (μ = 1)
+            inputs["old_per_token_logps"] = b["old"][sl]
+        if with_ref:
+            inputs["ref_per_token_logps"] = b["ref"][sl]
+        losses.append(trainer.compute_loss(trainer.model, inputs))
+    torch.stack(losses).sum().backward()
+    return torch.stack(losses).detach(), logp.grad, entropy.grad
+
+
+def our_losses(b, *, micro_batches, loss_type, level="token", delta=None, with_old=True, beta=0.0,
+               entropy_coef=0.0, token_mask=None):
+    """Our policy_loss on the same micro-batches (the trainer's call, grpo/trainer.py _update)."""
+    logp = b["logp"].clone().requires_grad_()
+    entropy = b["entropy"].clone().requires_grad_()
+    size = N // micro_batches
+    num_selected = None if token_mask is None else (token_mask & b["mask"]).sum()
+    losses = []
+    for start in range(0, N, size):
+        sl = slice(start, start + size)
+        loss, _ = policy_loss(
+            logp[sl], b["old"][sl] if with_old else logp[sl].detach(), b["adv"][sl], b["mask"][sl],
+            loss_type=loss_type, eps_low=EPS_LOW, eps_high=EPS_HIGH, delta=delta, importance_sampling_level=level,
+            ref_logp=b["ref"][sl] if beta else None, beta=beta, entropy=entropy[sl], entropy_coef=entropy_coef,
+            token_mask=None if token_mask is None else token_mask[sl], num_sequences=N,
+            num_tokens=b["mask"].sum(), num_selected_tokens=num_selected, max_completion_length=L)
+        losses.append(loss)
+    torch.stack(losses).sum().backward()
+    return torch.stack(losses).detach(), logp.grad, entropy.grad
+
+
+def assert_same(ours, theirs):
+    for a, b_, what in zip(ours, theirs, ("loss per micro-batch", "d/d logp", "d/d entropy")):
+        if a is None or b_ is None:
+            assert a is None or not a.any(), f"{what}: TRL has no gradient here but ours is non-zero"
+            assert b_ is None or not b_.any(), f"{what}: ours has no gradient here but TRL's is non-zero"
+            continue
+        torch.testing.assert_close(a, b_, **TOL[DTYPE], msg=lambda m: f"{what}: {m}")
+
+
+LOSS_TYPES = ["grpo", "dapo", "dr_grpo", "bnpo"]
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_loss_and_gradient_equal_trl_with_kl_and_clip_higher_over_two_micro_batches(make_trl, loss_type, level):
+    b = make_batch()
+    trainer = make_trl(2, loss_type=loss_type, importance_sampling_level=level, epsilon_high=EPS_HIGH, beta=BETA,
+                       use_bias_correction_kl=False)  # TRL 1.16 defaults to True: see the test below
+    theirs = trl_losses(trainer, b, micro_batches=2, with_ref=True)
+    ours = our_losses(b, micro_batches=2, loss_type=loss_type, level=level, beta=BETA)
+    assert_same(ours, theirs)
+    assert theirs[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_loss_and_gradient_equal_trl_with_two_sided_clipping(make_trl, loss_type, level):
+    b = make_batch(seed=1)
+    b["old"] = b["logp"] - 1.0 * (b["adv"][:, None] < 0)  # ρ = e ≈ 2.72 > δ wherever A < 0: δ is active
+    trainer = make_trl(2, loss_type=loss_type, importance_sampling_level=level, epsilon_high=EPS_HIGH, delta=1.5)
+    assert_same(our_losses(b, micro_batches=2, loss_type=loss_type, level=level, delta=1.5),
+                trl_losses(trainer, b, micro_batches=2))
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_loss_and_gradient_equal_trl_on_policy_without_old_logprobs(make_trl, loss_type):
+    """μ = 1: TRL uses logp.detach() as old log-probs (ρ ≡ 1), as our trainer does [trainer D1]."""
+    b = make_batch(seed=2)
+    trainer = make_trl(2, loss_type=loss_type)
+    assert_same(our_losses(b, micro_batches=2, loss_type=loss_type, with_old=False),
+                trl_losses(trainer, b, micro_batches=2, with_old=False))
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_loss_and_gradient_equal_trl_with_forking_tokens_kl_and_entropy_bonus_in_one_micro_batch(make_trl,
+                                                                                                  loss_type):
+    """top_entropy_quantile ρ = 0.2 on 31 tokens: TRL keeps 1 + ⌊ρ·30⌋ = 7, we keep ⌈ρ·31⌉ = 7: the same set."""
+    b = make_batch(seed=3)
+    rho = 0.2
+    trainer = make_trl(1, loss_type=loss_type, epsilon_high=EPS_HIGH, beta=BETA, top_entropy_quantile=rho,
+                       entropy_coef=0.01, use_bias_correction_kl=False)
+    token_mask = top_k_entropy_mask(b["entropy"], b["mask"], rho=rho)
+    ours = our_losses(b, micro_batches=1, loss_type=loss_type, beta=BETA, entropy_coef=0.01, token_mask=token_mask)
+    theirs = trl_losses(trainer, b, micro_batches=1, with_ref=True)
+    assert_same(ours, theirs)
+    assert int(token_mask.sum()) == math.ceil(rho * int(b["mask"].sum())) == 7
+
+
+def test_trl_default_kl_is_weighted_by_the_ratio_so_its_gradient_differs_even_on_policy(make_trl):
+    """Documented difference: TRL 1.16 defaults to use_bias_correction_kl=True (β·ρ·kl, DeepSeek-V3.2); we keep
+    the k3 term of DeepSeekMath (ALGORITHMS.md §2). At μ = 1 the values agree (ρ ≡ 1), the gradients do not."""
+    b = make_batch(seed=5)
+    trainer = make_trl(2, loss_type="dapo", beta=BETA)
+    assert trainer.args.use_bias_correction_kl
+    ours = our_losses(b, micro_batches=2, loss_type="dapo", beta=BETA, with_old=False)
+    theirs = trl_losses(trainer, b, micro_batches=2, with_old=False, with_ref=True)
+    torch.testing.assert_close(ours[0], theirs[0], **TOL[DTYPE])
+    kl = torch.expm1(b["ref"] - b["logp"]) - (b["ref"] - b["logp"])  # (N, T) k3, the extra ∂(ρ·kl)/∂lp = kl at ρ = 1
+    extra = BETA * torch.where(b["mask"], kl, 0.0) / b["mask"].sum()  # dapo normaliser
+    torch.testing.assert_close(theirs[1] - ours[1], extra, **TOL[DTYPE])
+
+
+def test_trl_selects_forking_tokens_per_micro_batch_we_per_optimiser_step(make_trl):
+    """Documented difference: with 2 micro-batches TRL ranks each half separately, so the kept sets differ."""
+    b = make_batch(seed=3)
+    b["entropy"][:N // 2] += 100.0  # every high-entropy token lives in the first micro-batch
+    trainer = make_trl(2, loss_type="dapo", top_entropy_quantile=0.2)
+    trl_mask = torch.cat([trainer.get_high_entropy_mask(b["entropy"][sl], b["mask"][sl].long(), 1 - 0.2)
+                          for sl in (slice(0, N // 2), slice(N // 2, N))])
+    ours = top_k_entropy_mask(b["entropy"], b["mask"], rho=0.2)
+    assert not (ours & b["mask"])[N // 2:].any()  # ours: the batch's top 20%, all in the first half
+    assert (trl_mask & b["mask"].bool())[N // 2:].any()  # TRL: 20% of each half
+
+
+def test_trl_quantile_threshold_can_keep_one_token_fewer_than_exact_top_k(make_trl):
+    """Documented difference: n = 7 tokens, ρ = 0.3 → TRL keeps 1 + ⌊ρ(n−1)⌋ = 2, we keep ⌈ρ·n⌉ = 3."""
+    entropy = torch.arange(7, dtype=DTYPE)[None, :]  # (1, 7) distinct
+    mask = torch.ones(1, 7, dtype=torch.bool)
+    trainer = make_trl(1, loss_type="dapo", top_entropy_quantile=0.3)
+    assert int(trainer.get_high_entropy_mask(entropy, mask.long(), 1 - 0.3).sum()) == 2
+    assert int(top_k_entropy_mask(entropy, mask, rho=0.3).sum()) == 3
+
+
+def test_entropy_bonus_differs_from_trl_only_when_micro_batches_hold_different_token_counts(make_trl):
+    """Documented difference: TRL's bonus is a mean per micro-batch (÷ grad-accum steps), ours one mean over
+    the optimiser step. Equal halves of the tokens agree; unequal halves do not."""
+    b = make_batch(seed=4)
+    trainer = make_trl(2, loss_type="dapo", entropy_coef=0.5)
+    ours = our_losses(b, micro_batches=2, loss_type="dapo", entropy_coef=0.5, with_old=False)
+    theirs = trl_losses(trainer, b, micro_batches=2, with_old=False)
+    counts = [int(b["mask"][:N // 2].sum()), int(b["mask"][N // 2:].sum())]
+    assert counts[0] != counts[1]
+    assert not torch.allclose(ours[2], theirs[2])  # d/d entropy: 0.5/31 per token vs 0.5/(2·count_half)
+    b["mask"][N // 2:] = b["mask"][:N // 2]  # now both halves hold the same number of tokens
+    assert_same(our_losses(b, micro_batches=2, loss_type="dapo", entropy_coef=0.5, with_old=False),
+                trl_losses(trainer, b, micro_batches=2, with_old=False))
