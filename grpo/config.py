@@ -39,7 +39,7 @@ class UserError(Exception):
 
 
 class ConfigError(UserError, ValueError):
-    pass
+    """A setting that is unknown, of the wrong type, or unreadable from its file."""
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -53,7 +53,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
 
 
 class ModelLoadError(UserError):
-    pass
+    """A model that cannot be found or loaded as asked."""
 
 
 @dataclass
