@@ -62,7 +62,8 @@ def test_gradient_at_mu_1_is_the_plain_policy_gradient(cache):
     fresh = make_trainer(cache, loss_type="dapo")
     from grpo.policy import completion_logprobs
 
-    logp, _ = completion_logprobs(fresh.model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+    logp, _ = completion_logprobs(fresh.model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                  temperature=fresh.cfg.temperature)  # log-probs at the sampling T
     A = batch.advantages.reshape(-1, 1)  # [N, 1]
     pg = -(A * logp * r.completion_mask).sum() / r.completion_mask.sum()  # −(1/Σm) Σ A·lp
     pg.backward()
