@@ -26,13 +26,13 @@ class GRPOSettings(ModelSettings):
     reward_weights: list[float] = field(default_factory=list)
     """one weight per reward function; empty = all 1.0"""
     # --- sampling
-    prompts_per_step: int = 4
+    prompts_per_step: int = 2
     """B: prompts per generation batch, over all ranks"""
     num_generations: int = 4
     """G: completions sampled per prompt"""
     max_completion_length: int = 64
     """L: new tokens per completion at most"""
-    temperature: float = 0.7
+    temperature: float = 1.0
     """sampling temperature T; log-probs in the loss are computed at the same T"""
     top_p: float = 1.0
     """nucleus sampling mass (1.0 = off)"""
@@ -76,11 +76,11 @@ class GRPOSettings(ModelSettings):
     max_resample_rounds: int = 3
     """dynamic_sampling=resample: extra generation batches at most per step"""
     # --- optimisation
-    max_steps: int = 20
+    max_steps: int = 30
     """generation batches to train on"""
     micro_batch_size: int = 8
     """sequences per forward/backward pass (gradient accumulation over the batch)"""
-    learning_rate: float = 3e-4
+    learning_rate: float = 2e-4
     """peak learning rate"""
     weight_decay: float = 0.0
     """AdamW weight decay"""
