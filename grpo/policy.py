@@ -12,6 +12,14 @@
      never exist. A head that is not a plain Linear (LoRA on the head, soft-capping) falls back to
      materialised logits through `kernels.token_logprobs_and_entropy`.
 [D4] The reference policy of a LoRA run is the same model with the adapter disabled: no second copy.
+[D5] Shared prompt: the G completions of a group share one prompt, so the decoder runs each distinct
+     prompt once, keeps its KV cache, repeats the cache along the batch and then runs only the
+     completions on top of it (ALGORITHMS.md §2: the same equations, ≈ G× fewer prompt FLOPs and
+     activations). Gradients reach the prompt's K/V through the repeat, which sums them over the
+     group, exactly as the joint pass does row by row. Row order does not matter: consecutive equal
+     prompt rows form a group. The joint pass is kept for batches without repeated prompts, under
+     gradient checkpointing (Hugging Face turns the cache off there) and for models whose cache
+     cannot be indexed along the batch.
 """
 from __future__ import annotations
 
@@ -29,25 +37,78 @@ def causal_lm(model):
 
 
 def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                        completion_mask: torch.Tensor, *, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                        completion_mask: torch.Tensor, *, temperature: float = 1.0,
+                        share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(logp, entropy) [N, T] fp32 of completion tokens given prompts; 0 where completion_mask is False.
 
     Args: prompt_ids/prompt_mask [N, P] left padded; completion_ids/completion_mask [N, T] right padded.
+    share_prompt: run each distinct prompt once [D5] (same result; False forces the joint pass).
     Differentiable when called with grad enabled (entropy too, for an entropy bonus).
     """
-    P = prompt_ids.shape[1]
-    ids = torch.cat([prompt_ids, completion_ids], 1)  # [N, P + T]
-    mask = torch.cat([prompt_mask, completion_mask], 1).long()  # [N, P + T]
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # [D2]
     lm = causal_lm(model)
-    out = lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
-    hidden = out.last_hidden_state[:, P - 1:-1]  # [N, T, D]  [D1]
+    hidden = completion_hidden_states(lm, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                      share_prompt=share_prompt)  # [N, T, D]
     head = lm.get_output_embeddings()
     if type(head) is torch.nn.Linear:  # [D3]
         return lm_head_logprobs_and_entropy(hidden, head.weight, completion_ids, temperature=temperature,
                                             bias=head.bias, mask=completion_mask)
     logits = head(hidden)  # [N, T, V]
     return token_logprobs_and_entropy(logits, completion_ids, temperature=temperature, mask=completion_mask)
+
+
+def completion_hidden_states(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                             completion_mask: torch.Tensor, *, share_prompt: bool = True) -> torch.Tensor:
+    """Final hidden states [N, T, D] of the decoder of `lm`, row t predicting completion token t [D1]."""
+    mask = torch.cat([prompt_mask, completion_mask], 1).long()  # [N, P + T]
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # [D2]
+    first, inverse = prompt_groups(prompt_ids, prompt_mask)
+    if (share_prompt and first.numel() < prompt_ids.shape[0] and completion_ids.shape[1] > 0
+            and not (lm.training and _checkpointing(lm))):
+        hidden = _shared_prompt_hidden(lm, prompt_ids, completion_ids, mask, position_ids, first, inverse)
+        if hidden is not None:
+            return hidden
+    P = prompt_ids.shape[1]
+    ids = torch.cat([prompt_ids, completion_ids], 1)  # [N, P + T]
+    out = lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+    return out.last_hidden_state[:, P - 1:-1]  # [N, T, D]  [D1]
+
+
+def _checkpointing(lm) -> bool:
+    flag = "is_activation_checkpointing" if hasattr(type(lm), "is_activation_checkpointing") \
+        else "is_gradient_checkpointing"  # renamed in transformers 5
+    return bool(getattr(lm, flag, False))
+
+
+def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first [U], inverse [N]): runs of equal consecutive prompt rows; row i uses prompt first[inverse[i]]."""
+    same = ((prompt_ids[1:] == prompt_ids[:-1]) & (prompt_mask[1:] == prompt_mask[:-1])).all(1)  # [N − 1]
+    starts = torch.cat([torch.ones(1, dtype=torch.bool, device=same.device), ~same])  # [N]
+    return starts.nonzero().squeeze(1), starts.long().cumsum(0) - 1
+
+
+def _shared_prompt_hidden(lm, prompt_ids, completion_ids, mask, position_ids, first, inverse):
+    """Hidden states [N, T, D] that predict the completion tokens, each distinct prompt decoded once [D5].
+
+    Returns None when the model's cache cannot be indexed along the batch (the caller runs the joint pass).
+    """
+    from transformers import DynamicCache
+
+    P, T = prompt_ids.shape[1], completion_ids.shape[1]
+    decoder = lm.get_decoder()
+    try:
+        cache = DynamicCache(config=lm.config)
+        out = decoder(input_ids=prompt_ids[first], attention_mask=mask[first, :P],
+                      position_ids=position_ids[first, :P], past_key_values=cache, use_cache=True)
+        cache.batch_select_indices(inverse)  # [U, …] → [N, …]; autograd sums the group's gradients
+    except (AttributeError, TypeError, ValueError, NotImplementedError):
+        return None
+    last = out.last_hidden_state[inverse, -1:]  # [N, 1, D]  position P−1 predicts completion token 0 [D1]
+    if T == 1:
+        return last
+    rest = decoder(input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1],
+                   position_ids=position_ids[:, P:-1], past_key_values=cache, use_cache=True,
+                   cache_position=torch.arange(P, P + T - 1, device=mask.device)).last_hidden_state  # [N, T−1, D]
+    return torch.cat([last, rest], 1)  # [N, T, D]
 
 
 @contextlib.contextmanager

@@ -33,8 +33,8 @@ def main() -> None:
     batch, _ = trainer._collect()
     trainer.rank, trainer.world = rank, world
     trainer._update(shard(batch, rank, world, trainer.cfg.num_generations))
-    if rank == 0:
-        torch.save(trainable_state(trainer), out)
+    if rank == 0:  # the all-reduced (clipped) gradient, and the weights after the AdamW step
+        torch.save(trainable_state(trainer, grads=True), out)
     if world > 1:
         torch.distributed.destroy_process_group()
 

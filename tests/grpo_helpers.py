@@ -41,8 +41,29 @@ def make_trainer(cache_dir, *, seed: int = 0, **overrides) -> GRPOTrainer:
     return GRPOTrainer(cfg, model, tok, toy_task(), opt, sched)
 
 
-def trainable_state(trainer) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+def trainable_state(trainer, *, grads: bool = False) -> dict[str, torch.Tensor]:
+    """Trainable weights by name; with `grads`, also each one's last gradient as `name.grad`."""
+    params = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
+    state = {n: p.detach().clone() for n, p in params}
+    if grads:
+        state.update({f"{n}.grad": p.grad.detach().clone() for n, p in params if p.grad is not None})
+    return state
+
+
+def assert_same_update(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    """Two `trainable_state(…, grads=True)` after one optimiser step describe the same update (fp32).
+
+    The gradient is the real check: AdamW's first step is ≈ lr·sign(g), which would hide a wrong
+    scale. Batching the prompts differently (micro-batches, ranks) rounds sums differently, so the
+    gradient is compared relative to its largest entry, and a weight whose gradient sits near AdamW's
+    eps may move by a rounding-dependent bit.
+    """
+    assert got.keys() == want.keys() and any(k.endswith(".grad") for k in want), "no gradients recorded"
+    scale = max(float(v.abs().max()) for k, v in want.items() if k.endswith(".grad"))
+    assert scale > 0, "the gradient is zero: the comparison would prove nothing"
+    for k in want:
+        atol = 1e-5 * scale if k.endswith(".grad") else 5e-6
+        torch.testing.assert_close(got[k], want[k], atol=atol, rtol=1e-4 if k.endswith(".grad") else 1e-5, msg=k)
 
 
 def finite(x) -> bool:
