@@ -74,8 +74,8 @@ class ModelSettings:
     """LoRA rank r"""
     lora_alpha: int = 32
     """LoRA scaling alpha (the update is scaled by alpha / r)"""
-    lora_dropout: float = 0.05
-    """dropout on the LoRA input"""
+    lora_dropout: float = 0.0
+    """dropout on the LoRA input (0, PEFT's default: in RL the policy trained is then the one that sampled)"""
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """module names to adapt (e.g. q_proj,v_proj), or all-linear"""
     gradient_checkpointing: bool = False
@@ -235,7 +235,7 @@ def _adapter_base(adapter_config: Path) -> str:
 
 def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32", device: str = "auto",
                load_in_4bit: bool = False, use_lora: bool = False, lora_r: int = 16, lora_alpha: int = 32,
-               lora_dropout: float = 0.05, lora_target_modules: list[str] | str = "all-linear",
+               lora_dropout: float = 0.0, lora_target_modules: list[str] | str = "all-linear",
                gradient_checkpointing: bool = False, trust_remote_code: bool = False,
                cache_dir: str | os.PathLike | None = None, trainable: bool = True):
     """Load `(model, tokenizer)` from any source in the module docstring.

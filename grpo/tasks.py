@@ -48,6 +48,32 @@ ARITHMETIC_SYSTEM_PROMPT = (
     "have?\n<reasoning>\n3 + 4 = 7\n</reasoning>\n<answer>\n7\n</answer>")
 
 
+def task_rewards(task: Task, rows: list[dict[str, Any]], completions: list[str], *, G: int = 1):
+    """Every reward function of `task` on every completion: a float tensor [B·G, F]; None → NaN.
+
+    `completions[i·G + j]` is the j-th generated text for `rows[i]`. Functions are called as TRL calls
+    them: prompts, the assistant replies (`prompt_suffix` + text [D2]; chat messages when the prompts
+    are chat messages), and every other column of the rows as a keyword list.
+    """
+    import math
+
+    import torch
+
+    prompts = [r["prompt"] for r in rows for _ in range(G)]
+    replies = [r.get("prompt_suffix", "") + c for r, c in zip((r for r in rows for _ in range(G)), completions)]
+    if not isinstance(prompts[0], str):
+        replies = [[{"role": "assistant", "content": c}] for c in replies]
+    columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
+    out = torch.empty(len(prompts), len(task.reward_funcs))  # [B·G, F]
+    for j, fn in enumerate(task.reward_funcs):
+        values = fn(prompts, replies, **columns)
+        if len(values) != len(prompts):
+            raise UserError(f"reward function {task.reward_names[j]!r} returned {len(values)} values "
+                            f"for {len(prompts)} completions")
+        out[:, j] = torch.tensor([math.nan if v is None else float(v) for v in values])
+    return out
+
+
 def resolve_reward(name: str) -> Callable[..., list]:
     """A registered reward name, or `package.module:function` for a user's own function."""
     import rewards

@@ -20,7 +20,6 @@ One *step* is one generation batch: B prompts (split over ranks) × G completion
 """
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from grpo.advantages import group_advantages, overlong_penalty, weighted_rewards
 from grpo.loss import policy_loss
 from grpo.policy import completion_logprobs, reference_policy
 from grpo.rollout import Rollout, Sampling, encode_prompts, sample_group
+from grpo.tasks import task_rewards
 from kernels import top_k_entropy_mask
 
 
@@ -80,17 +80,7 @@ def score_completions(task, rows: list[dict[str, Any]], rollout: Rollout, *, G: 
                       overlong: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rewards [B, G] (weighted sum) and per function [B, G, F]; None from a function becomes NaN."""
     B = len(rows)
-    prompts = [r["prompt"] for r in rows for _ in range(G)]
-    conversational = not isinstance(prompts[0], str)
-    replies = [r.get("prompt_suffix", "") + c for r, c in zip((r for r in rows for _ in range(G)),
-                                                               rollout.completions)]  # grpo.tasks [D2]
-    completions = [[{"role": "assistant", "content": c}] for c in replies] if conversational \
-        else replies  # as TRL passes them, so users' reward functions drop in
-    columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k not in ("prompt",)}
-    per_function = torch.empty(B * G, len(task.reward_funcs))
-    for j, fn in enumerate(task.reward_funcs):
-        values = fn(prompts, completions, **columns)
-        per_function[:, j] = torch.tensor([math.nan if v is None else float(v) for v in values])
+    per_function = task_rewards(task, rows, rollout.completions, G=G)  # [B·G, F]
     per_function = per_function.view(B, G, -1)  # [B, G, F]
     total = weighted_rewards(per_function, weights)  # [B, G]
     if overlong is not None:  # [D5]

@@ -1,0 +1,153 @@
+"""Evaluate a model on a GRPO task's held-out rows with the task's own reward functions (before/after a run).
+
+    python scripts/eval_grpo.py --config configs/recipe_gsm8k_format.json                    # the base model
+    python scripts/eval_grpo.py --config configs/recipe_gsm8k_format.json --model-path recipe_gsm8k_format
+    python scripts/eval_grpo.py --task arithmetic --num-examples 50 --output-file arith_base.json
+
+`--model-path` takes a run name (→ outputs/<run>/final), a checkpoint or model folder, a named model or a
+hub id; an adapter loads on the base it was trained from. Without it the base `model` is evaluated.
+Config files: flat, or sectioned (this script reads `common` then `eval`), so one file holds the
+training run (`grpo`) and its evaluation.
+
+Steps:
+    1. settings; the first `num_examples` rows of `split` (default `test`: rows training never sees) of
+       the task, read before the model so that a bad dataset fails fast
+    2. load the model to evaluate (eval mode, no new adapter)
+    3. one completion per prompt through grpo/generate.py: greedy by default (repeatable), or sampled
+       with the training sampler (`--greedy false`)
+    4. every reward function of the task on every completion, called exactly as in training
+       (grpo.tasks.task_rewards)
+    5. write the per-example JSONL and the JSON summary (each atomically), print the table
+
+Metrics (printed, and in the summary JSON):
+    <f>/mean            mean of reward function f (examples where f returned None are left out)
+    <f>/rate            fraction of examples where f > 0: for a format reward, the format rate; for
+                        a correctness reward, the accuracy
+    reward              mean weighted total (the training reward, without overlong punishment)
+    mean_completion_tokens, truncated_fraction, seconds, tokens_per_second
+
+Outputs: `output_file` (a bare name goes to outputs/eval/) holds the summary; the same path with suffix
+.jsonl holds one record per example: the prompt's last message, the reply, and each reward.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grpo.advantages import weighted_rewards  # noqa: E402
+from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.generate import generate_texts  # noqa: E402
+from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
+from grpo.run import atomic_write_json, atomic_write_text, output_root, seed_everything  # noqa: E402
+from grpo.tasks import load_task, task_rewards  # noqa: E402
+
+
+@dataclass
+class EvalGRPOSettings(ModelSettings):
+    model_path: str = ""
+    """model to evaluate: a run name, checkpoint or model folder, named model or hub id; default: `model`"""
+    task: str = "arithmetic"
+    """the task whose prompts and rewards are used (see grpo/tasks.py)"""
+    dataset: str = ""
+    """data source overriding the task's default: a hub id, a .jsonl/.json file or a folder"""
+    split: str = "test"
+    """split to evaluate (held out from training)"""
+    num_examples: Optional[int] = 200
+    """evaluate the first N rows of the split; null = all"""
+    reward_funcs: list[str] = field(default_factory=list)
+    """reward functions by name or module:function; empty = the task's preset"""
+    reward_weights: list[float] = field(default_factory=list)
+    """weight per reward function for the total; empty = all 1"""
+    batch_size: int = 16
+    """prompts generated together"""
+    max_new_tokens: int = 128
+    """most tokens generated per completion"""
+    greedy: bool = True
+    """decode greedily (repeatable); false samples with temperature / top_k / top_p"""
+    temperature: float = 1.0
+    """sampling temperature (greedy false)"""
+    top_k: int = 0
+    """sample among the k most likely tokens; 0 = off (greedy false)"""
+    top_p: float = 1.0
+    """nucleus sampling mass; 1 = off (greedy false)"""
+    output_file: str = "eval_grpo.json"
+    """summary JSON; a bare name goes to outputs/eval/; per-example records beside it as .jsonl"""
+    seed: int = 0
+    """sampling seed"""
+
+
+def summarise(names: list[str], per_function, weights: list[float]) -> dict[str, float]:
+    """Per reward function: mean over non-NaN values and the rate of values > 0; the weighted total's mean."""
+    out: dict[str, float] = {}
+    for j, name in enumerate(names):
+        col = per_function[:, j]  # [N]
+        valid = col[~col.isnan()]
+        out[f"{name}/mean"] = float(valid.mean()) if valid.numel() else math.nan
+        out[f"{name}/rate"] = float((valid > 0).float().mean()) if valid.numel() else math.nan
+    total = weighted_rewards(per_function.unsqueeze(1), weights).squeeze(1)  # [N]
+    out["reward"] = float(total.nanmean())
+    return out
+
+
+def main() -> None:
+    # 1. settings and rows
+    s = parse_settings(EvalGRPOSettings, section="eval", description=__doc__)
+    if s.batch_size < 1 or s.max_new_tokens < 1 or (s.num_examples is not None and s.num_examples < 1):
+        raise UserError("batch_size, max_new_tokens and num_examples must be >= 1")
+    task = load_task(s.task, source=s.dataset, split=s.split, limit=s.num_examples,
+                     reward_funcs=s.reward_funcs or None)
+    if not task.rows:
+        raise UserError(f"task {s.task!r} [{s.split}] has no rows")
+    weights = s.reward_weights or [1.0] * len(task.reward_funcs)
+    if len(weights) != len(task.reward_funcs):
+        raise UserError(f"reward_weights has {len(weights)} entries for {len(task.reward_funcs)} reward functions "
+                        f"({', '.join(task.reward_names)})")
+    suffixes = {r.get("prompt_suffix", "") for r in task.rows}
+    if len(suffixes) != 1:
+        raise UserError(f"task {s.task!r}: rows with different prompt_suffix values cannot be batched")
+    path = Path(s.output_file).expanduser()
+    path = output_root() / "eval" / path.name if path.parent == Path(".") else path
+    seed_everything(s.seed)
+
+    # 2. model
+    model, tok = load_model_from_settings(s, trainable=False, model=s.model_path or None)
+
+    # 3. generation
+    t0 = time.perf_counter()
+    gen = generate_texts(model, tok, [r["prompt"] for r in task.rows], batch_size=s.batch_size,
+                         max_new_tokens=s.max_new_tokens, greedy=s.greedy, temperature=s.temperature,
+                         top_k=s.top_k, top_p=s.top_p, prompt_suffix=suffixes.pop(), desc="eval")
+    seconds = time.perf_counter() - t0
+
+    # 4. rewards
+    per_function = task_rewards(task, task.rows, gen.texts)  # [N, F]
+    n = len(task.rows)
+    metrics = {**summarise(task.reward_names, per_function, weights), "num_examples": n,
+               "mean_completion_tokens": sum(gen.lengths) / n, "truncated_fraction": sum(gen.truncated) / n,
+               "seconds": seconds, "tokens_per_second": sum(gen.lengths) / max(seconds, 1e-9)}
+
+    # 5. outputs
+    records = []
+    for row, text, values in zip(task.rows, gen.texts, per_function.tolist()):
+        prompt = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
+        records.append({"prompt": prompt, "reply": row.get("prompt_suffix", "") + text,
+                        **{name: (None if math.isnan(v) else v) for name, v in zip(task.reward_names, values)}})
+    atomic_write_text(path.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_json(path, {"model": s.model_path or s.model, "task": s.task, "split": s.split, **metrics,
+                             "records": str(path.with_suffix(".jsonl")), "settings": dataclasses.asdict(s)})
+    width = max(len(k) for k in metrics)
+    for k, v in metrics.items():
+        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    print(f"summary: {path}\nper example: {path.with_suffix('.jsonl')}")
+
+
+if __name__ == "__main__":
+    cli_main(main)

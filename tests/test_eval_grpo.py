@@ -1,0 +1,62 @@
+"""scripts/eval_grpo.py: task rewards called as in training, the rates it reports, and an end-to-end run."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from grpo.tasks import load_task, task_rewards
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from eval_grpo import summarise  # noqa: E402
+
+
+def test_task_rewards_score_the_primed_reply_like_training():
+    task = load_task("arithmetic", split="test", limit=2)
+    gold = task.rows[0]["answer"]
+    good = f"7 + 1 = 8\n</reasoning>\n<answer>\n{gold}\n</answer>\n"  # the prompt suffix "<reasoning>\n" comes first
+    table = task_rewards(task, task.rows[:1], [good, "I do not know"], G=2)  # [2, F]
+    by_name = dict(zip(task.reward_names, table.T.tolist()))
+    assert by_name["correctness"] == [2.0, 0.0]
+    assert by_name["strict_format"] == [0.5, 0.0] and by_name["soft_format"] == [0.5, 0.0]
+
+
+def test_summarise_reports_means_rates_and_skips_none():
+    table = torch.tensor([[0.5, 2.0], [0.0, float("nan")], [0.5, 0.0], [0.0, 0.0]])  # [N=4, F=2]
+    out = summarise(["format", "correct"], table, [1.0, 1.0])
+    assert out["format/mean"] == 0.25 and out["format/rate"] == 0.5
+    assert out["correct/mean"] == pytest.approx(2 / 3) and out["correct/rate"] == pytest.approx(1 / 3)
+    assert out["reward"] == pytest.approx((2.5 + 0.0 + 0.5 + 0.0) / 4)  # a None term counts as absent
+
+
+def _run(tmp_path, *args):
+    env = {**os.environ, "GRPO_OUTPUT_ROOT": str(tmp_path / "outputs"), "GRPO_CACHE_DIR": str(tmp_path / "cache"),
+           "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_grpo.py"), *map(str, args)], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_eval_script_writes_summary_and_one_record_per_example(tmp_path):
+    p = _run(tmp_path, "--model", "tiny-llama", "--task", "arithmetic", "--num-examples", 5, "--batch-size", 2,
+             "--max-new-tokens", 6, "--output-file", "base.json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    summary = json.loads((tmp_path / "outputs" / "eval" / "base.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "outputs" / "eval" / "base.jsonl").read_text().splitlines()]
+    assert summary["num_examples"] == 5 and len(records) == 5
+    for name in ("xml_count", "soft_format", "strict_format", "integer", "correctness"):
+        assert 0 <= summary[f"{name}/rate"] <= 1 and math.isfinite(summary[f"{name}/mean"])
+        assert all(name in r for r in records)
+    assert all(r["reply"].startswith("<reasoning>\n") for r in records)  # rewards saw the primed reply
+    assert 1 <= summary["mean_completion_tokens"] <= 6
+
+
+def test_eval_script_rejects_mismatched_weights_in_one_line(tmp_path):
+    p = _run(tmp_path, "--model", "tiny-llama", "--num-examples", 2, "--reward-weights", "1.0,2.0")
+    assert p.returncode == 2
+    assert "reward_weights has 2 entries for 5 reward functions" in p.stderr and "Traceback" not in p.stderr
