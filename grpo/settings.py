@@ -25,6 +25,8 @@ class GRPOSettings(ModelSettings):
     """reward functions by name (rewards.REWARD_FUNCTIONS) or module:function; empty = the task's preset"""
     reward_weights: list[float] = field(default_factory=list)
     """one weight per reward function; empty = all 1.0"""
+    prompt_suffix: Optional[str] = None
+    """text after the generation prompt that primes the reply (e.g. "<reasoning>\n"); null = the task's own"""
     # --- sampling
     prompts_per_step: int = 2
     """B: prompts per generation batch, over all ranks"""

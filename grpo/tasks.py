@@ -91,8 +91,11 @@ def resolve_reward(name: str) -> Callable[..., list]:
 
 
 def load_task(name: str, *, source: str = "", split: str = "train", limit: int | None = None,
-              reward_funcs: list[str] | None = None) -> Task:
-    """Build a `Task` by name (table in the module docstring); `source` overrides the default data."""
+              reward_funcs: list[str] | None = None, prompt_suffix: str | None = None) -> Task:
+    """Build a `Task` by name (table in the module docstring); `source` overrides the default data.
+
+    `prompt_suffix` replaces every row's priming text [D1] (None keeps the task's own).
+    """
     import rewards
     from grpo import data
 
@@ -115,5 +118,7 @@ def load_task(name: str, *, source: str = "", split: str = "train", limit: int |
         if not source:
             raise UserError("task score_model needs --dataset: the CSV written by scripts/make_cot_dataset.py")
         rows = score_data.to_score_prompts(score_data.load_score_rows(source, limit=limit))
+    if prompt_suffix is not None:
+        rows = [{**r, "prompt_suffix": prompt_suffix} for r in rows]
     names = list(reward_funcs) if reward_funcs else list(rewards.PRESETS[PRESET_OF_TASK[name]])
     return Task(name=name, rows=rows, reward_names=names, reward_funcs=[resolve_reward(n) for n in names])

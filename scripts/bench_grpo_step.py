@@ -200,7 +200,8 @@ def _build_common(s: BenchSettings):
     if s.threads:
         torch.set_num_threads(s.threads)
     seed_everything(s.seed)
-    task = load_task(s.task, source=s.dataset, limit=s.dataset_limit, reward_funcs=s.reward_funcs or None)
+    task = load_task(s.task, source=s.dataset, limit=s.dataset_limit, reward_funcs=s.reward_funcs or None,
+                     prompt_suffix=s.prompt_suffix)
     model, tok = load_model_from_settings(s)
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):

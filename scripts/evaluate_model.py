@@ -14,7 +14,7 @@ Steps:
     1. settings; the first `num_examples` rows of the split as system B prompts (chat template +
        `<start_working_out>`), read before the model so that a bad dataset fails fast
     2. load the model to evaluate (eval mode, no new adapter)
-    3. one completion per prompt, in batches: sampled with grpo.rollout.sample_group (G = 1), or greedy
+    3. one completion per prompt, in batches (grpo/generate.py): sampled with the training sampler, or greedy
     4. per example: extract the working out and the answer, compare the answer with the gold
     5. write the per-example CSV and the JSON summary (each atomically), print the metrics
 
@@ -50,13 +50,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.data import DataError, load_gsm8k, to_working_out_prompts  # noqa: E402
+from grpo.generate import generate_texts  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
-from grpo.rollout import Sampling, completion_mask, encode_prompts, eos_token_ids, sample_group  # noqa: E402
-from grpo.run import atomic_path, atomic_write_json, output_root, progress, seed_everything  # noqa: E402
+from grpo.run import atomic_path, atomic_write_json, output_root, seed_everything  # noqa: E402
 from rewards.math_answers import accuracy_match  # noqa: E402
 
 COLUMNS = ["question", "labeled_cot", "labeled_answer", "generated_text", "extracted_thinking",
@@ -116,26 +114,6 @@ def output_paths(output_file: str) -> tuple[Path, Path]:
     return path, path.with_suffix(".summary.json" if path.suffix == ".json" else ".json")
 
 
-@torch.no_grad()
-def generate(model, tok, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, s: EvalSettings
-             ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """One completion per prompt: (texts, lengths [B], truncated [B])."""
-    if not s.greedy:
-        r = sample_group(model, tok, prompt_ids, prompt_mask, G=1, sampling=Sampling(
-            max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p))
-        return r.completions, r.lengths, r.truncated
-    from transformers import GenerationConfig
-
-    eos = eos_token_ids(model, tok)
-    config = GenerationConfig(do_sample=False, max_new_tokens=s.max_new_tokens, pad_token_id=tok.pad_token_id,
-                              eos_token_id=eos)
-    out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask.long(), generation_config=config)
-    completion_ids = out[:, prompt_ids.shape[1]:]  # [B, T]
-    cmask, ended = completion_mask(completion_ids, eos_ids=eos)  # [B, T], [B]
-    texts = [tok.decode(row[m], skip_special_tokens=True) for row, m in zip(completion_ids, cmask)]
-    return texts, cmask.sum(-1), ~ended
-
-
 def main() -> None:
     # 1. settings, prompts (read before the slow model load)
     s = parse_settings(EvalSettings, section="evaluate", description=__doc__)
@@ -154,21 +132,13 @@ def main() -> None:
 
     # 2. model
     model, tok = load_model_from_settings(s, trainable=False, model=s.model_path)
-    device = next(model.parameters()).device
 
     # 3. generation
-    texts, lengths, truncated = [], [], []
     t0 = time.perf_counter()
-    with progress(total=len(rows), desc="evaluate") as bar:
-        for i in range(0, len(rows), s.batch_size):
-            batch = rows[i:i + s.batch_size]
-            ids, mask = encode_prompts(tok, [r["prompt"] for r in batch], device=device,
-                                       generation_suffix=batch[0]["prompt_suffix"])
-            t, n, tr = generate(model, tok, ids, mask, s)
-            texts += t
-            lengths += n.tolist()
-            truncated += tr.tolist()
-            bar.update(len(batch))
+    gen = generate_texts(model, tok, [r["prompt"] for r in rows], batch_size=s.batch_size,
+                         max_new_tokens=s.max_new_tokens, greedy=s.greedy, temperature=s.temperature,
+                         top_k=s.top_k, top_p=s.top_p, prompt_suffix=rows[0]["prompt_suffix"], desc="evaluate")
+    texts, lengths, truncated = gen.texts, gen.lengths, gen.truncated
     seconds = time.perf_counter() - t0
 
     # 4. extraction and scoring

@@ -60,3 +60,14 @@ def test_eval_script_rejects_mismatched_weights_in_one_line(tmp_path):
     p = _run(tmp_path, "--model", "tiny-llama", "--num-examples", 2, "--reward-weights", "1.0,2.0")
     assert p.returncode == 2
     assert "reward_weights has 2 entries for 5 reward functions" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_prompt_suffix_setting_primes_every_row_and_reaches_the_rewards():
+    task = load_task("text_to_sql", split="test", limit=2, prompt_suffix="<reasoning>\n")
+    assert [r["prompt_suffix"] for r in task.rows] == ["<reasoning>\n"] * 2
+    reply = "Filter the rows.\n</reasoning>\n<sql>\nSELECT 1;\n</sql>"
+    primed = task_rewards(task, task.rows[:1], [reply])
+    plain_task = load_task("text_to_sql", split="test", limit=1)
+    plain = task_rewards(plain_task, plain_task.rows, [reply])
+    fmt = task.reward_names.index("sql_format")
+    assert primed[0, fmt] > plain[0, fmt]  # the opening tag came from the suffix
