@@ -24,6 +24,7 @@ import importlib.util
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ CHATML_TEMPLATE = (
 # (not ours); offline that always fails and it logs a warning on every run. It falls back by itself.
 logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
     lambda record: "kernels-community" not in record.getMessage())
+# peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model; the warning is
+# about peft's code, not the user's, and repeats on every run.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 class ModelLoadError(UserError):
