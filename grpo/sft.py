@@ -67,14 +67,28 @@ def chat_prompt_text(tokenizer, messages: list[dict[str, str]], suffix: str = ""
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + suffix
 
 
+def joint_tokenize(tokenizer, prompt: str, completion: str) -> tuple[list[int], int]:
+    """Tokenise `prompt + completion` jointly; (ids, s) with ids[s:] the completion's tokens [D1].
+
+    s is the first token whose character span ends after len(prompt): a token straddling the boundary
+    belongs to the completion. Used by SFT labels and by SEGA's implicit reward alike. Needs a fast
+    tokenizer (character offsets).
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError("aligning the completion needs token offsets: load a fast tokenizer")
+    enc = tokenizer(prompt + completion, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    start = next((j for j, (_, end) in enumerate(enc["offset_mapping"]) if end > len(prompt)), len(ids))
+    return ids, start
+
+
 def encode_example(tokenizer, prompt: str, completion: str, *, max_length: int) -> SFTExample | None:
     """Tokenise `prompt + completion` jointly [D1], append EOS [D2], label only completion tokens.
 
-    Returns None when no completion token fits in `max_length` [D3]. Needs a fast tokenizer (offsets).
+    Returns None when no completion token fits in `max_length` [D3].
     """
-    enc = tokenizer(prompt + completion, add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(enc["input_ids"])
-    is_completion = [end > len(prompt) for _, end in enc["offset_mapping"]]  # [D1]
+    ids, start = joint_tokenize(tokenizer, prompt, completion)  # [D1]
+    is_completion = [j >= start for j in range(len(ids))]
     ids.append(tokenizer.eos_token_id)  # [D2]
     is_completion.append(True)
     ids, is_completion = ids[:max_length], is_completion[:max_length]  # [D3]

@@ -36,9 +36,11 @@ Implementation details:
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import torch
 
 from grpo.policy import completion_logprobs
+from grpo.sft import joint_tokenize
 
 
 def format_prompt(tokenizer, prompt: str | Sequence[dict]) -> str:
@@ -55,12 +57,7 @@ def split_prompt_completion(tokenizer, prompt_text: str, completion_text: str) -
 
     s = the first token whose character span ends after len(q) (a straddling token belongs to a).
     """
-    if not getattr(tokenizer, "is_fast", False):
-        raise TypeError("aligning the completion needs token offsets: load a fast tokenizer")
-    enc = tokenizer(prompt_text + completion_text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    boundary = len(prompt_text)
-    start = next((j for j, (_, end) in enumerate(offsets) if end > boundary), len(ids))  # [D1]
+    ids, start = joint_tokenize(tokenizer, prompt_text, completion_text)  # [D1]
     if start == 0 or start == len(ids):
         raise ValueError(f"no {'prompt' if start == 0 else 'completion'} token left after joint "
                          f"tokenisation of {prompt_text[-30:]!r} ‖ {completion_text[:30]!r}")
