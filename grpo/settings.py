@@ -27,6 +27,8 @@ class GRPOSettings(ModelSettings):
     """one weight per reward function; empty = all 1.0"""
     prompt_suffix: Optional[str] = None
     """text after the generation prompt that primes the reply (e.g. "<reasoning>\n"); null = the task's own"""
+    system_prompt: Optional[str] = None
+    """system message replacing the task's own (e.g. one with a worked example); null = the task's own"""
     # --- sampling
     prompts_per_step: int = 2
     """B: prompts per generation batch, over all ranks"""

@@ -74,6 +74,14 @@ def task_rewards(task: Task, rows: list[dict[str, Any]], completions: list[str],
     return out
 
 
+def with_system_prompt(prompt: Any, system_prompt: str, *, task: str) -> list[dict[str, str]]:
+    """Chat messages with their system message replaced by (or, without one, preceded by) `system_prompt`."""
+    if isinstance(prompt, str):
+        raise UserError(f"task {task!r} has raw-text prompts: system_prompt needs chat-message prompts")
+    rest = [m for m in prompt if m.get("role") != "system"]
+    return [{"role": "system", "content": system_prompt}, *rest]
+
+
 def resolve_reward(name: str) -> Callable[..., list]:
     """A registered reward name, or `package.module:function` for a user's own function."""
     import rewards
@@ -91,10 +99,12 @@ def resolve_reward(name: str) -> Callable[..., list]:
 
 
 def load_task(name: str, *, source: str = "", split: str = "train", limit: int | None = None,
-              reward_funcs: list[str] | None = None, prompt_suffix: str | None = None) -> Task:
+              reward_funcs: list[str] | None = None, prompt_suffix: str | None = None,
+              system_prompt: str | None = None) -> Task:
     """Build a `Task` by name (table in the module docstring); `source` overrides the default data.
 
-    `prompt_suffix` replaces every row's priming text [D1] (None keeps the task's own).
+    `prompt_suffix` replaces every row's priming text [D1], `system_prompt` every row's system message
+    (None keeps the task's own).
     """
     import rewards
     from grpo import data
@@ -120,5 +130,7 @@ def load_task(name: str, *, source: str = "", split: str = "train", limit: int |
         rows = score_data.to_score_prompts(score_data.load_score_rows(source, limit=limit))
     if prompt_suffix is not None:
         rows = [{**r, "prompt_suffix": prompt_suffix} for r in rows]
+    if system_prompt is not None:
+        rows = [{**r, "prompt": with_system_prompt(r["prompt"], system_prompt, task=name)} for r in rows]
     names = list(reward_funcs) if reward_funcs else list(rewards.PRESETS[PRESET_OF_TASK[name]])
     return Task(name=name, rows=rows, reward_names=names, reward_funcs=[resolve_reward(n) for n in names])

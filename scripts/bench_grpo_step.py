@@ -201,7 +201,7 @@ def _build_common(s: BenchSettings):
         torch.set_num_threads(s.threads)
     seed_everything(s.seed)
     task = load_task(s.task, source=s.dataset, limit=s.dataset_limit, reward_funcs=s.reward_funcs or None,
-                     prompt_suffix=s.prompt_suffix)
+                     prompt_suffix=s.prompt_suffix, system_prompt=s.system_prompt)
     model, tok = load_model_from_settings(s)
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):

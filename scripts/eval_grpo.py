@@ -68,6 +68,8 @@ class EvalGRPOSettings(ModelSettings):
     """weight per reward function for the total; empty = all 1"""
     prompt_suffix: Optional[str] = None
     """text after the generation prompt that primes the reply; null = the task's own (as in training)"""
+    system_prompt: Optional[str] = None
+    """system message replacing the task's own; null = the task's own (as in training)"""
     batch_size: int = 16
     """prompts generated together"""
     max_new_tokens: int = 128
@@ -105,7 +107,8 @@ def main() -> None:
     if s.batch_size < 1 or s.max_new_tokens < 1 or (s.num_examples is not None and s.num_examples < 1):
         raise UserError("batch_size, max_new_tokens and num_examples must be >= 1")
     task = load_task(s.task, source=s.dataset, split=s.split, limit=s.num_examples,
-                     reward_funcs=s.reward_funcs or None, prompt_suffix=s.prompt_suffix)
+                     reward_funcs=s.reward_funcs or None, prompt_suffix=s.prompt_suffix,
+                     system_prompt=s.system_prompt)
     if not task.rows:
         raise UserError(f"task {s.task!r} [{s.split}] has no rows")
     weights = s.reward_weights or [1.0] * len(task.reward_funcs)

@@ -73,7 +73,7 @@ def main() -> None:
         run.save_config(s)
 
     task = load_task(s.task, source=s.dataset, limit=s.dataset_limit, reward_funcs=s.reward_funcs or None,
-                     prompt_suffix=s.prompt_suffix)
+                     prompt_suffix=s.prompt_suffix, system_prompt=s.system_prompt)
     model_name = s.base_model or s.model
     model, tok = load_model_from_settings(s, model=model_name)
     if not any(p.requires_grad for p in model.parameters()):

@@ -71,3 +71,11 @@ def test_prompt_suffix_setting_primes_every_row_and_reaches_the_rewards():
     plain = task_rewards(plain_task, plain_task.rows, [reply])
     fmt = task.reward_names.index("sql_format")
     assert primed[0, fmt] > plain[0, fmt]  # the opening tag came from the suffix
+
+
+def test_system_prompt_setting_replaces_the_system_message_only():
+    task = load_task("text_to_sql", split="test", limit=2, system_prompt="Answer with SQL.")
+    plain = load_task("text_to_sql", split="test", limit=2)
+    for row, ref in zip(task.rows, plain.rows):
+        assert row["prompt"][0] == {"role": "system", "content": "Answer with SQL."}
+        assert row["prompt"][1:] == ref["prompt"][1:] and len(row["prompt"]) == len(ref["prompt"])
