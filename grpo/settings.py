@@ -13,14 +13,13 @@ from grpo.models import ModelSettings
 
 
 @dataclass
-class GRPOSettings(ModelSettings):
-    # --- task and data
+class TaskSettings(ModelSettings):
+    """The task a script trains or evaluates on: its data, prompts and reward functions."""
+
     task: str = "arithmetic"
     """arithmetic (bundled default), gsm8k, reasoncheck, text_to_sql or score_model (see grpo/tasks.py)"""
     dataset: str = ""
     """data source overriding the task's default: a hub id, a .jsonl/.json file or a folder"""
-    dataset_limit: Optional[int] = None
-    """use only the first N rows of the dataset"""
     reward_funcs: list[str] = field(default_factory=list)
     """reward functions by name (rewards.REWARD_FUNCTIONS) or module:function; empty = the task's preset"""
     reward_weights: list[float] = field(default_factory=list)
@@ -29,6 +28,20 @@ class GRPOSettings(ModelSettings):
     """text after the generation prompt that primes the reply (e.g. "<reasoning>\n"); null = the task's own"""
     system_prompt: Optional[str] = None
     """system message replacing the task's own (e.g. one with a worked example); null = the task's own"""
+
+    def load_task(self, *, split: str = "train", limit: Optional[int] = None):
+        """`grpo.tasks.load_task` with these settings."""
+        from grpo.tasks import load_task
+
+        return load_task(self.task, source=self.dataset, split=split, limit=limit,
+                         reward_funcs=self.reward_funcs or None, prompt_suffix=self.prompt_suffix,
+                         system_prompt=self.system_prompt)
+
+
+@dataclass
+class GRPOSettings(TaskSettings):
+    dataset_limit: Optional[int] = None
+    """use only the first N rows of the dataset"""
     # --- sampling
     prompts_per_step: int = 2
     """B: prompts per generation batch, over all ranks"""

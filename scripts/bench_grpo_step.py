@@ -195,13 +195,11 @@ def _build_common(s: BenchSettings):
 
     from grpo.models import load_model_from_settings
     from grpo.run import seed_everything
-    from grpo.tasks import load_task
 
     if s.threads:
         torch.set_num_threads(s.threads)
     seed_everything(s.seed)
-    task = load_task(s.task, source=s.dataset, limit=s.dataset_limit, reward_funcs=s.reward_funcs or None,
-                     prompt_suffix=s.prompt_suffix, system_prompt=s.system_prompt)
+    task = s.load_task(limit=s.dataset_limit)
     model, tok = load_model_from_settings(s)
     h = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):

@@ -36,7 +36,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -45,31 +45,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grpo.advantages import weighted_rewards  # noqa: E402
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.generate import generate_texts  # noqa: E402
-from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
+from grpo.models import load_model_from_settings  # noqa: E402
 from grpo.run import atomic_write_json, atomic_write_text, output_root, seed_everything  # noqa: E402
-from grpo.tasks import load_task, task_rewards  # noqa: E402
+from grpo.settings import TaskSettings  # noqa: E402
+from grpo.tasks import task_rewards  # noqa: E402
 
 
 @dataclass
-class EvalGRPOSettings(ModelSettings):
+class EvalGRPOSettings(TaskSettings):
     model_path: str = ""
     """model to evaluate: a run name, checkpoint or model folder, named model or hub id; default: `model`"""
-    task: str = "arithmetic"
-    """the task whose prompts and rewards are used (see grpo/tasks.py)"""
-    dataset: str = ""
-    """data source overriding the task's default: a hub id, a .jsonl/.json file or a folder"""
     split: str = "test"
     """split to evaluate (held out from training)"""
     num_examples: Optional[int] = 200
     """evaluate the first N rows of the split; null = all"""
-    reward_funcs: list[str] = field(default_factory=list)
-    """reward functions by name or module:function; empty = the task's preset"""
-    reward_weights: list[float] = field(default_factory=list)
-    """weight per reward function for the total; empty = all 1"""
-    prompt_suffix: Optional[str] = None
-    """text after the generation prompt that primes the reply; null = the task's own (as in training)"""
-    system_prompt: Optional[str] = None
-    """system message replacing the task's own; null = the task's own (as in training)"""
     batch_size: int = 16
     """prompts generated together"""
     max_new_tokens: int = 128
@@ -106,9 +95,7 @@ def main() -> None:
     s = parse_settings(EvalGRPOSettings, section="eval", description=__doc__)
     if s.batch_size < 1 or s.max_new_tokens < 1 or (s.num_examples is not None and s.num_examples < 1):
         raise UserError("batch_size, max_new_tokens and num_examples must be >= 1")
-    task = load_task(s.task, source=s.dataset, split=s.split, limit=s.num_examples,
-                     reward_funcs=s.reward_funcs or None, prompt_suffix=s.prompt_suffix,
-                     system_prompt=s.system_prompt)
+    task = s.load_task(split=s.split, limit=s.num_examples)
     if not task.rows:
         raise UserError(f"task {s.task!r} [{s.split}] has no rows")
     weights = s.reward_weights or [1.0] * len(task.reward_funcs)

@@ -54,7 +54,6 @@ from grpo.optim import make_optimizer, make_scheduler  # noqa: E402
 from grpo.plots import plot_reward_curve  # noqa: E402
 from grpo.run import MetricsWriter, RunDir, output_root, progress, seed_everything  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
-from grpo.tasks import load_task  # noqa: E402
 from grpo.trainer import GRPOTrainer  # noqa: E402
 
 
@@ -72,8 +71,7 @@ def main() -> None:
     if rank == 0:
         run.save_config(s)
 
-    task = load_task(s.task, source=s.dataset, limit=s.dataset_limit, reward_funcs=s.reward_funcs or None,
-                     prompt_suffix=s.prompt_suffix, system_prompt=s.system_prompt)
+    task = s.load_task(limit=s.dataset_limit)
     model_name = s.base_model or s.model
     model, tok = load_model_from_settings(s, model=model_name)
     if not any(p.requires_grad for p in model.parameters()):
