@@ -79,3 +79,24 @@ def test_system_prompt_setting_replaces_the_system_message_only():
     for row, ref in zip(task.rows, plain.rows):
         assert row["prompt"][0] == {"role": "system", "content": "Answer with SQL."}
         assert row["prompt"][1:] == ref["prompt"][1:] and len(row["prompt"]) == len(ref["prompt"])
+
+
+@pytest.mark.parametrize("name", ["recipe_gsm8k_format", "recipe_text_to_sql", "recipe_score_model"])
+def test_recipe_configs_fit_every_script_that_reads_them(name):
+    from grpo.config import settings_from_dict
+    from grpo.settings import GRPOSettings
+    from eval_grpo import EvalGRPOSettings
+    from make_cot_dataset import CotDatasetSettings
+
+    data = json.loads((ROOT / "configs" / f"{name}.json").read_text())
+    readers = {"grpo": GRPOSettings, "eval": EvalGRPOSettings, "cot_dataset": CotDatasetSettings}
+    assert set(data) - {"common"} <= set(readers), set(data)
+    for section, cls in readers.items():
+        if section in data:
+            s = settings_from_dict(cls, {**data["common"], **data[section]}, where=f"{name}:{section}")
+            assert s.model == "smollm2-135m"
+    grpo = settings_from_dict(GRPOSettings, {**data["common"], **data["grpo"]})
+    evals = settings_from_dict(EvalGRPOSettings, {**data["common"], **data["eval"]})
+    # the evaluation sees the prompts training saw: same task, priming and system message
+    assert (grpo.task, grpo.prompt_suffix, grpo.system_prompt) == (evals.task, evals.prompt_suffix, evals.system_prompt)
+    assert evals.split == "test" or grpo.dataset != evals.dataset  # held-out rows
