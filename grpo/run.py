@@ -66,6 +66,29 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def markdown_table(title: str, rows: Iterable[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
+    """A title, then a Markdown table with one row per dict; `columns` = (key, format spec) pairs."""
+    lines = [title, "", "| " + " | ".join(c for c, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(f.format(r[c]) for c, f in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: str | os.PathLike, *, text: str, rows: Iterable[dict[str, Any]], columns: list[str],
+                 csv_extra: dict[str, Any], payload: dict[str, Any]) -> None:
+    """A benchmark's outputs, each atomically: <out>.md (`text`), <out>.csv (`columns` of every row plus
+    the `csv_extra` values, e.g. versions and command) and <out>.json (`payload`)."""
+    import csv
+
+    out = Path(out)
+    atomic_write_text(out.with_suffix(".md"), text)
+    with atomic_path(out.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[*columns, *csv_extra])
+        w.writeheader()
+        for r in rows:
+            w.writerow({**{c: r[c] for c in columns}, **csv_extra})
+    atomic_write_json(out.with_suffix(".json"), payload)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside `path`; rename it onto `path` only if the block succeeds.

@@ -45,7 +45,6 @@ Glossary (memory: Linux VmHWM, see PeakRSS; all steps, warm-up included):
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -64,6 +63,7 @@ from typing import Any, Literal
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.config import UserError, cli_main, parse_settings, settings_from_dict  # noqa: E402
+from grpo.run import markdown_table, write_report  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
 
 
@@ -480,8 +480,7 @@ COLUMNS = [("framework", "{}"), ("steps", "{}"), ("s_step", "{:.2f}"), ("s_min",
 
 
 def markdown(summary: dict[str, dict], title: str) -> str:
-    lines = [title, "", "| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(f.format(row[c]) for c, f in COLUMNS) + " |" for row in summary.values()]
+    lines = [markdown_table(title, summary.values(), COLUMNS).rstrip("\n")]
     if {"ours", "trl"} <= set(summary):
         o, t = summary["ours"], summary["trl"]
         lines += ["", f"ours ÷ TRL: time per step {o['s_step'] / t['s_step']:.2f}× (target ≤ 0.6), tokens/s "
@@ -504,17 +503,10 @@ def main() -> None:
     table = markdown(result["summary"], title)
     print(table)
     if s.out:
-        out = Path(s.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(table)
-        with open(out.with_suffix(".csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=[c for c, _ in COLUMNS] + ["versions", "command"])
-            w.writeheader()
-            for row in result["summary"].values():
-                w.writerow({**{c: row[c] for c, _ in COLUMNS}, "versions": json.dumps(info["versions"]),
-                            "command": command})
-        out.with_suffix(".json").write_text(json.dumps({**info, **result}, indent=1) + "\n")
-        print(f"wrote {out.with_suffix('.md')}, .csv, .json", file=sys.stderr)
+        write_report(s.out, text=table, rows=result["summary"].values(), columns=[c for c, _ in COLUMNS],
+                     csv_extra={"versions": json.dumps(info["versions"]), "command": command},
+                     payload={**info, **result})
+        print(f"wrote {Path(s.out).with_suffix('.md')}, .csv, .json", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ during the steps (2 cores: above 2 means other processes competed for the CPU).
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import statistics
@@ -37,7 +36,7 @@ from typing import Literal
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
-from grpo.run import atomic_path  # noqa: E402
+from grpo.run import atomic_path, markdown_table, write_report  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent / "bench_grpo_step.py"
@@ -101,8 +100,7 @@ COLUMNS = [("framework", "{}"), ("steps", "{}"), ("s_step", "{:.2f}"), ("tokens_
 
 
 def markdown(rows: dict[str, dict], title: str) -> str:
-    lines = [title, "", "| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(f.format(r[c]) for c, f in COLUMNS) + " |" for r in rows.values()]
+    lines = [markdown_table(title, rows.values(), COLUMNS).rstrip("\n")]
     o, t = rows["ours"], rows["trl"]
     lines += ["", f"ours ÷ TRL: time per step {o['s_step'] / t['s_step']:.2f}× (target ≤ 0.6), tokens/s "
                   f"{o['tokens_s'] / t['tokens_s']:.2f}×, peak RSS {o['peak_rss_mb'] / t['peak_rss_mb']:.2f}× "
@@ -148,18 +146,11 @@ def main() -> None:
     print(table)
     if s.out:
         out = Path(s.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".md").write_text(table)
-        with open(out.with_suffix(".csv"), "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=[c for c, _ in COLUMNS] + ["versions", "command"])
-            w.writeheader()
-            for r in rows.values():
-                w.writerow({**{c: r[c] for c, _ in COLUMNS}, "versions": json.dumps(bench["versions"]),
-                            "command": command})
-        out.with_suffix(".json").write_text(json.dumps(
-            {"command": command, "settings": asdict(s), "versions": bench["versions"], "summary": rows,
-             "loadavg_before": bench["loadavg_before"], "loadavg_after": bench["loadavg_after"],
-             "records": bench["records"]}, indent=1) + "\n")
+        write_report(out, text=table, rows=rows.values(), columns=[c for c, _ in COLUMNS],
+                     csv_extra={"versions": json.dumps(bench["versions"]), "command": command},
+                     payload={"command": command, "settings": asdict(s), "versions": bench["versions"],
+                              "summary": rows, "loadavg_before": bench["loadavg_before"],
+                              "loadavg_after": bench["loadavg_after"], "records": bench["records"]})
         plot(bench["records"], out.with_suffix(".png"), window=s.window,
              title=f"{s.task} · {s.model} · B={s.prompts_per_step} G={s.num_generations} L={s.max_completion_length}")
         print(f"wrote {out.with_suffix('.md')}, .csv, .json, .png", file=sys.stderr)

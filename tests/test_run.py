@@ -1,4 +1,5 @@
 """Run outputs: atomic writes, metrics JSONL, run-name resolution, seeding."""
+import csv
 import json
 import os
 import random
@@ -6,8 +7,8 @@ import random
 import pytest
 import torch
 
-from grpo.run import (MetricsWriter, RunDir, atomic_dir, atomic_path, atomic_write_json, read_metrics,
-                      resolve_run_path, rng_state, seed_everything, set_rng_state)
+from grpo.run import (MetricsWriter, RunDir, atomic_dir, atomic_path, atomic_write_json, markdown_table,
+                      read_metrics, resolve_run_path, rng_state, seed_everything, set_rng_state, write_report)
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temporaries(tmp_path):
@@ -91,3 +92,16 @@ def test_rng_state_round_trip_reproduces_draws():
     set_rng_state(state)
     b = (random.random(), torch.rand(3))
     assert a[0] == b[0] and torch.equal(a[1], b[1])
+
+
+def test_write_report_writes_md_csv_json_and_no_temporaries(tmp_path):
+    rows = [{"framework": "ours", "s": 1.234}, {"framework": "trl", "s": 2.5}]
+    text = markdown_table("T", rows, [("framework", "{}"), ("s", "{:.1f}")])
+    assert text == "T\n\n| framework | s |\n|---|---|\n| ours | 1.2 |\n| trl | 2.5 |\n"
+    write_report(tmp_path / "out", text=text, rows=rows, columns=["framework", "s"],
+                 csv_extra={"command": "c"}, payload={"summary": rows})
+    assert (tmp_path / "out.md").read_text() == text
+    table = list(csv.DictReader(open(tmp_path / "out.csv")))
+    assert table == [{"framework": "ours", "s": "1.234", "command": "c"}, {"framework": "trl", "s": "2.5", "command": "c"}]
+    assert json.loads((tmp_path / "out.json").read_text()) == {"summary": rows}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.json", "out.md"]
