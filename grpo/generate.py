@@ -2,6 +2,7 @@
 
     out = generate_texts(model, tok, prompts, batch_size=8, max_new_tokens=256, greedy=True)
     out.texts, out.lengths, out.truncated          # lists, one entry per prompt, in prompt order
+    out = s.generate(model, tok, prompts)          # the same with a script's GenerationSettings
 
 Sampling goes through `grpo.rollout.sample_group` (G = 1), so temperature / top-k / top-p mean exactly
 what they mean in training; `greedy=True` takes the argmax with Hugging Face `generate` instead.
@@ -24,6 +25,41 @@ class Generations:
     texts: list[str] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)  # completion tokens, EOS included
     truncated: list[bool] = field(default_factory=list)  # reached max_new_tokens without EOS
+
+
+@dataclass
+class GenerationSettings:
+    """How an evaluation or demo script decodes (scripts' settings inherit it, some with other defaults)."""
+
+    batch_size: int = 8
+    """prompts generated together"""
+    max_new_tokens: int = 256
+    """most tokens generated per completion"""
+    greedy: bool = True
+    """decode greedily; false samples with temperature / top_k / top_p"""
+    temperature: float = 1.0
+    """sampling temperature (greedy=false)"""
+    top_k: int = 0
+    """sample among the k most likely tokens; 0 = off (greedy=false)"""
+    top_p: float = 1.0
+    """nucleus sampling mass; 1 = off (greedy=false)"""
+    seed: int = 0
+    """sampling seed"""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {self.batch_size} and "
+                             f"{self.max_new_tokens}")
+        if not self.greedy and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling (greedy=true takes the argmax), "
+                             f"got {self.temperature}")
+
+    def generate(self, model, tok, prompts: Sequence[Any], *, prompt_suffix: str = "",
+                 desc: str = "generate") -> "Generations":
+        """`generate_texts` with these settings."""
+        return generate_texts(model, tok, prompts, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                              greedy=self.greedy, temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p, prompt_suffix=prompt_suffix, desc=desc)
 
 
 @torch.no_grad()

@@ -230,6 +230,13 @@ def load_tokenizer(name_or_path: str, *, cache_dir: str | os.PathLike | None = N
     return tok
 
 
+def adapter_base_name(name_or_path: str, *, cache_dir: str | os.PathLike | None = None) -> str:
+    """The base model an adapter trained from `name_or_path` must record: when `name_or_path` is itself an
+    adapter (an SFT run), `load_model` trains that adapter further, so its base; otherwise the name."""
+    adapter = Path(resolve_model_path(name_or_path, cache_dir=cache_dir)) / "adapter_config.json"
+    return _adapter_base(adapter) if adapter.is_file() else name_or_path
+
+
 def _adapter_base(adapter_config: Path) -> str:
     base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
     if not base:

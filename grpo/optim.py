@@ -9,10 +9,39 @@ s counts optimiser steps (μ per generation batch), S = total optimiser steps.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 
 from grpo.config import UserError
+
+
+@dataclass
+class OptimSettings:
+    """Optimiser and learning-rate schedule of a training script (GRPO, SEGA and SFT settings inherit it)."""
+
+    learning_rate: float = 2e-4
+    """peak learning rate"""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay"""
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
+    """AdamW (torch), or bitsandbytes' 8-bit AdamW"""
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    """learning-rate schedule after warm-up"""
+    warmup_ratio: float = 0.0
+    """fraction of the optimiser steps spent warming the learning rate up linearly"""
+    max_grad_norm: float = 1.0
+    """clip the global gradient norm to this; 0 = no clipping (the norm is still logged)"""
+
+    def make_optimizer(self, params: list[torch.Tensor], *, total_steps: int, warmup_steps: Optional[int] = None):
+        """(optimizer, scheduler) over `params` for `total_steps` optimiser steps; the warm-up lasts
+        ceil(warmup_ratio · total_steps) steps unless `warmup_steps` is given."""
+        if warmup_steps is None:
+            warmup_steps = math.ceil(self.warmup_ratio * total_steps)
+        optimizer = make_optimizer(params, name=self.optimizer, lr=self.learning_rate, weight_decay=self.weight_decay)
+        return optimizer, make_scheduler(optimizer, kind=self.lr_scheduler, warmup_steps=warmup_steps,
+                                         total_steps=total_steps)
 
 
 def make_optimizer(params: list[torch.Tensor], *, name: str, lr: float, weight_decay: float,

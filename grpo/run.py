@@ -26,6 +26,7 @@ import random
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -37,6 +38,37 @@ OUTPUT_ROOT_ENV = "GRPO_OUTPUT_ROOT"  # where named runs live; default ./outputs
 
 def output_root() -> Path:
     return Path(os.environ.get(OUTPUT_ROOT_ENV, "outputs"))
+
+
+def run_folder(name: str) -> Path:
+    """A run name under outputs/ ($GRPO_OUTPUT_ROOT), or a path when it contains a slash (`outputs/sega-demo`)."""
+    return Path(name) if "/" in name or "\\" in name else output_root() / name
+
+
+def output_file(name: str, folder: str) -> Path:
+    """Where a script writes `name`: a bare file name goes to outputs/<folder>/, a path is used as given."""
+    path = Path(name).expanduser()
+    return output_root() / folder / path.name if path.parent == Path(".") else path
+
+
+@dataclass
+class RunSettings:
+    """Where a training run writes, how often it logs and saves, and how it resumes (grpo.loop)."""
+
+    run_name: str = "run"
+    """output folder: a name under outputs/ ($GRPO_OUTPUT_ROOT) or a path containing '/'"""
+    seed: int = 0
+    """random seed (data order, sampling, LoRA initialisation)"""
+    logging_steps: int = 1
+    """log metrics every N steps"""
+    save_steps: int = 20
+    """write a resumable checkpoint every N steps (0 = only at the end)"""
+    save_total_limit: int = 2
+    """keep only the newest N checkpoints"""
+    resume: bool = False
+    """continue from the newest checkpoint of this run"""
+    tensorboard: bool = False
+    """also write TensorBoard event files"""
 
 
 # ------------------------------------------------------------------------------------- atomic writes

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from grpo.models import ModelSettings
+from grpo.optim import OptimSettings
+from grpo.run import RunSettings
 
 
 @dataclass
@@ -39,7 +41,7 @@ class TaskSettings(ModelSettings):
 
 
 @dataclass
-class GRPOSettings(TaskSettings):
+class GRPOSettings(RunSettings, OptimSettings, TaskSettings):
     dataset_limit: Optional[int] = None
     """use only the first N rows of the dataset"""
     # --- sampling
@@ -92,37 +94,13 @@ class GRPOSettings(TaskSettings):
     """zero-variance groups: keep, drop from the update, or resample new prompts in their place"""
     max_resample_rounds: int = 3
     """dynamic_sampling=resample: extra generation batches at most per step"""
-    # --- optimisation
+    # --- optimisation (and OptimSettings: learning_rate, weight_decay, optimizer, lr_scheduler, ...)
     max_steps: int = 30
     """generation batches to train on"""
     micro_batch_size: int = 8
     """sequences per forward/backward pass (gradient accumulation over the batch)"""
-    learning_rate: float = 2e-4
-    """peak learning rate"""
-    weight_decay: float = 0.0
-    """AdamW weight decay"""
-    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
-    """AdamW, or bitsandbytes' 8-bit AdamW"""
-    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
-    """learning-rate schedule after warm-up"""
-    warmup_ratio: float = 0.0
-    """fraction of optimiser steps spent warming up linearly"""
-    max_grad_norm: float = 1.0
-    """gradient clipping (0 = off)"""
     bf16: bool = False
     """bf16 autocast on GPU (CPUs run in fp32)"""
-    # --- run
+    # --- run (and RunSettings: seed, logging_steps, save_steps, save_total_limit, resume, tensorboard)
     run_name: str = "grpo"
-    """run folder under outputs/"""
-    seed: int = 0
-    """random seed (data order, sampling, dropout)"""
-    logging_steps: int = 1
-    """log metrics every N steps"""
-    save_steps: int = 20
-    """write a resumable checkpoint every N steps (0 = only at the end)"""
-    save_total_limit: int = 2
-    """keep only the newest N checkpoints"""
-    resume: bool = False
-    """continue from the newest checkpoint of this run"""
-    tensorboard: bool = False
-    """also write TensorBoard event files"""
+    """run folder: a name under outputs/ ($GRPO_OUTPUT_ROOT) or a path containing '/'"""

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from grpo.checkpoint import save_model
-from grpo.optim import make_optimizer, make_scheduler
+from grpo.optim import OptimSettings
 from grpo.run import MetricsWriter, RunDir, progress
 
 IGNORE = -100  # label of positions that never contribute (prompt, padding)
@@ -146,7 +146,7 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, *, num_tokens: int | No
 
 # ------------------------------------------------------------------------------------- training loop
 @dataclass
-class SFTLoopSettings:
+class SFTLoopSettings(OptimSettings):
     """Optimisation settings of `train_sft` (scripts' settings inherit from it)."""
 
     epochs: int = 1
@@ -157,18 +157,13 @@ class SFTLoopSettings:
     """examples per micro-batch (one forward/backward)"""
     grad_accum: int = 4
     """micro-batches per optimiser step: the step sees batch_size × grad_accum examples"""
-    learning_rate: float = 2e-4
-    """peak AdamW learning rate"""
+    # OptimSettings with SFT's defaults (HF Trainer / Unsloth's notebook: weight decay, linear decay, warm-up)
     weight_decay: float = 0.01
     """AdamW decoupled weight decay"""
-    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
-    """adamw (torch) or adamw_8bit (bitsandbytes)"""
     lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
     """learning-rate decay after warm-up (grpo.optim)"""
     warmup_ratio: float = 0.05
     """fraction of the optimiser steps spent warming the learning rate up linearly"""
-    max_grad_norm: float = 1.0
-    """clip the global gradient norm to this; 0 = no clipping (the norm is still logged)"""
     seed: int = 3407
     """seed of the data order, LoRA initialisation and dropout"""
 
@@ -195,9 +190,7 @@ def train_sft(model, tokenizer, examples: list[SFTExample], *, s: SFTLoopSetting
     per_step = s.batch_size * s.grad_accum
     total = s.max_steps if s.max_steps > 0 else s.epochs * math.ceil(len(examples) / per_step)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, name=s.optimizer, lr=s.learning_rate, weight_decay=s.weight_decay)
-    scheduler = make_scheduler(optimizer, kind=s.lr_scheduler, warmup_steps=round(s.warmup_ratio * total),
-                               total_steps=total)
+    optimizer, scheduler = s.make_optimizer(params, total_steps=total)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     batches = step_batches(len(examples), per_step=per_step, seed=s.seed)

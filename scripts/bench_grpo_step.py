@@ -209,15 +209,12 @@ def _build_common(s: BenchSettings):
 
 
 def _ours_worker(s: BenchSettings, emit, commands) -> None:
-    from grpo.optim import make_optimizer, make_scheduler
     from grpo.trainer import GRPOTrainer
 
     task, model, tok, weights = _build_common(s)
     total = _run_steps(s)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, name=s.optimizer, lr=s.learning_rate, weight_decay=s.weight_decay)
-    sched = make_scheduler(opt, kind=s.lr_scheduler, total_steps=total,
-                           warmup_steps=math.ceil(s.warmup_ratio * total))
+    opt, sched = s.make_optimizer(params, total_steps=total)
     trainer = GRPOTrainer(s, model, tok, task, opt, sched)
     seen: dict[str, str] = {}
     sample = trainer._sample

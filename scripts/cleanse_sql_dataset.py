@@ -42,7 +42,7 @@ from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.data import DataError  # noqa: E402
 from grpo.data.rows import check_row, iter_items  # noqa: E402
 from grpo.data.text_to_sql import BUNDLED, BUNDLED_DIR, OPTIONAL, REQUIRED  # noqa: E402
-from grpo.run import atomic_write_json, atomic_write_text, output_root, progress  # noqa: E402
+from grpo.run import atomic_write_json, atomic_write_text, output_file, progress  # noqa: E402
 from rewards.sql_sandbox import SqlContextError, build_database, execute_sql  # noqa: E402
 from rewards.sql_text import statement_type  # noqa: E402
 
@@ -74,11 +74,6 @@ class CleanseSettings:
     """dropped rows listed per reason in the output and the report"""
 
 
-def output_path(name: str) -> Path:
-    path = Path(name).expanduser()
-    return output_root() / "data" / path.name if path.parent == Path(".") else path
-
-
 def check(row: dict, s: CleanseSettings) -> tuple[str | None, str]:
     """(drop reason or None to keep, detail) for one well-formed row, on a database used once."""
     try:
@@ -104,7 +99,7 @@ def main() -> None:
     s = parse_settings(CleanseSettings, section="cleanse", description=__doc__)
     if s.time_limit_s <= 0 or (s.limit is not None and s.limit < 1):
         raise UserError("time_limit_s must be > 0 and limit >= 1")
-    out_path = output_path(s.output_file)
+    out_path = output_file(s.output_file, "data")
     source: str | Path = s.dataset
     if s.dataset == BUNDLED:
         source = BUNDLED_DIR / f"sql_{s.split}.jsonl"

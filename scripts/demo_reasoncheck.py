@@ -41,16 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import rewards  # noqa: E402
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.data import DataError, load_gsm8k, to_reasoning_prompts  # noqa: E402
-from grpo.generate import generate_texts  # noqa: E402
+from grpo.generate import GenerationSettings  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings, resolve_model_path  # noqa: E402
-from grpo.run import atomic_write_json, atomic_write_text, output_root, seed_everything  # noqa: E402
+from grpo.run import atomic_write_json, atomic_write_text, output_file, seed_everything  # noqa: E402
 from rewards.reasoncheck import xml_answer  # noqa: E402
 
 REWARDS = rewards.PRESETS["reasoncheck"]  # xml_count, soft_format, strict_format, integer, correctness
 
 
 @dataclass
-class DemoSettings(ModelSettings):
+class DemoSettings(GenerationSettings, ModelSettings):
     trained: str = "reasoncheck_grpo"
     """the "after" model: run name, checkpoint / model folder or hub id"""
     dataset: str = "openai/gsm8k"
@@ -59,37 +59,23 @@ class DemoSettings(ModelSettings):
     """split the questions come from"""
     num_examples: int = 3
     """questions shown"""
-    batch_size: int = 4
-    """prompts generated together"""
-    max_new_tokens: int = 512
-    """most tokens per answer"""
-    greedy: bool = True
-    """decode greedily; false samples with temperature / top_k / top_p"""
-    temperature: float = 0.7
-    """sampling temperature (greedy=false)"""
-    top_k: int = 0
-    """sample among the k most likely tokens; 0 = off (greedy=false)"""
-    top_p: float = 1.0
-    """nucleus sampling mass; 1 = off (greedy=false)"""
     width: int = 0
     """printed width of the side-by-side view; 0 = the terminal's"""
     output_file: str = "reasoncheck_demo.json"
     """JSON of the demo; a bare name goes to outputs/eval/; a Markdown table beside it (.md)"""
-    seed: int = 0
-    """sampling seed"""
-
-
-def output_path(name: str) -> Path:
-    path = Path(name).expanduser()
-    return output_root() / "eval" / path.name if path.parent == Path(".") else path
+    # GenerationSettings with this script's defaults
+    batch_size: int = 4
+    """prompts generated together"""
+    max_new_tokens: int = 512
+    """most tokens per answer"""
+    temperature: float = 0.7
+    """sampling temperature (greedy=false)"""
 
 
 def answer(s: DemoSettings, name: str, prompts: list, *, label: str) -> list[str]:
     """One answer per prompt from the model `name` (loaded, used, then released)."""
     model, tok = load_model_from_settings(s, trainable=False, model=name)
-    texts = generate_texts(model, tok, prompts, batch_size=s.batch_size, max_new_tokens=s.max_new_tokens,
-                           greedy=s.greedy, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                           desc=label).texts
+    texts = s.generate(model, tok, prompts, desc=label).texts
     del model
     return texts
 
@@ -143,10 +129,8 @@ def markdown(entries: list[dict], names: tuple[str, str]) -> str:
 def main() -> None:
     # 1. settings, questions, trained model path
     s = parse_settings(DemoSettings, section="demo", description=__doc__)
-    if s.num_examples < 1 or s.batch_size < 1 or s.max_new_tokens < 1:
-        raise UserError("num_examples, batch_size and max_new_tokens must be >= 1")
-    if not s.greedy and s.temperature <= 0:
-        raise UserError(f"temperature must be > 0 when sampling, got {s.temperature}")
+    if s.num_examples < 1:
+        raise UserError(f"num_examples must be >= 1, got {s.num_examples}")
     try:
         rows = to_reasoning_prompts(load_gsm8k(s.dataset, s.split, s.num_examples))
     except DataError as e:
@@ -189,7 +173,7 @@ def main() -> None:
         m = summary[k]
         print(f"{k:<7} {name}: mean total reward {m['mean_total_reward']:.3f} / 4.0, accuracy "
               f"{m['accuracy']:.0%}, strict format {m['strict_format_rate']:.0%}")
-    out = output_path(s.output_file)
+    out = output_file(s.output_file, "eval")
     atomic_write_json(out, {"before_model": s.model, "after_model": s.trained, "summary": summary,
                             "examples": entries, "settings": dataclasses.asdict(s)})
     md = atomic_write_text(out.with_suffix(".md"), markdown(entries, (s.model, s.trained)))

@@ -44,37 +44,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.advantages import weighted_rewards  # noqa: E402
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
-from grpo.generate import generate_texts  # noqa: E402
+from grpo.generate import GenerationSettings  # noqa: E402
 from grpo.models import load_model_from_settings  # noqa: E402
-from grpo.run import atomic_write_json, atomic_write_text, output_root, seed_everything  # noqa: E402
+from grpo.run import atomic_write_json, atomic_write_text, output_file, seed_everything  # noqa: E402
 from grpo.settings import TaskSettings  # noqa: E402
 from grpo.tasks import task_rewards  # noqa: E402
 
 
 @dataclass
-class EvalGRPOSettings(TaskSettings):
+class EvalGRPOSettings(GenerationSettings, TaskSettings):
     model_path: str = ""
     """model to evaluate: a run name, checkpoint or model folder, named model or hub id; default: `model`"""
     split: str = "test"
     """split to evaluate (held out from training)"""
     num_examples: Optional[int] = 200
     """evaluate the first N rows of the split; null = all"""
+    output_file: str = "eval_grpo.json"
+    """summary JSON; a bare name goes to outputs/eval/; per-example records beside it as .jsonl"""
+    # GenerationSettings with this script's defaults
     batch_size: int = 16
     """prompts generated together"""
     max_new_tokens: int = 128
     """most tokens generated per completion"""
-    greedy: bool = True
-    """decode greedily (repeatable); false samples with temperature / top_k / top_p"""
-    temperature: float = 1.0
-    """sampling temperature (greedy false)"""
-    top_k: int = 0
-    """sample among the k most likely tokens; 0 = off (greedy false)"""
-    top_p: float = 1.0
-    """nucleus sampling mass; 1 = off (greedy false)"""
-    output_file: str = "eval_grpo.json"
-    """summary JSON; a bare name goes to outputs/eval/; per-example records beside it as .jsonl"""
-    seed: int = 0
-    """sampling seed"""
 
 
 def summarise(names: list[str], per_function, weights: list[float]) -> dict[str, float]:
@@ -93,8 +84,8 @@ def summarise(names: list[str], per_function, weights: list[float]) -> dict[str,
 def main() -> None:
     # 1. settings and rows
     s = parse_settings(EvalGRPOSettings, section="eval", description=__doc__)
-    if s.batch_size < 1 or s.max_new_tokens < 1 or (s.num_examples is not None and s.num_examples < 1):
-        raise UserError("batch_size, max_new_tokens and num_examples must be >= 1")
+    if s.num_examples is not None and s.num_examples < 1:
+        raise UserError(f"num_examples must be >= 1 or null, got {s.num_examples}")
     task = s.load_task(split=s.split, limit=s.num_examples)
     if not task.rows:
         raise UserError(f"task {s.task!r} [{s.split}] has no rows")
@@ -105,8 +96,7 @@ def main() -> None:
     suffixes = {r.get("prompt_suffix", "") for r in task.rows}
     if len(suffixes) != 1:
         raise UserError(f"task {s.task!r}: rows with different prompt_suffix values cannot be batched")
-    path = Path(s.output_file).expanduser()
-    path = output_root() / "eval" / path.name if path.parent == Path(".") else path
+    path = output_file(s.output_file, "eval")
     seed_everything(s.seed)
 
     # 2. model
@@ -114,9 +104,7 @@ def main() -> None:
 
     # 3. generation
     t0 = time.perf_counter()
-    gen = generate_texts(model, tok, [r["prompt"] for r in task.rows], batch_size=s.batch_size,
-                         max_new_tokens=s.max_new_tokens, greedy=s.greedy, temperature=s.temperature,
-                         top_k=s.top_k, top_p=s.top_p, prompt_suffix=suffixes.pop(), desc="eval")
+    gen = s.generate(model, tok, [r["prompt"] for r in task.rows], prompt_suffix=suffixes.pop(), desc="eval")
     seconds = time.perf_counter() - t0
 
     # 4. rewards

@@ -45,9 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.data import DataError  # noqa: E402
 from grpo.data.score_model import load_score_rows, regression_metrics, to_score_prompts  # noqa: E402
-from grpo.generate import generate_texts  # noqa: E402
+from grpo.generate import GenerationSettings  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
-from grpo.run import atomic_path, atomic_write_json, output_root, seed_everything  # noqa: E402
+from grpo.run import atomic_path, atomic_write_json, output_file, seed_everything  # noqa: E402
 from rewards.formats import read_score  # noqa: E402
 from rewards.score_model import score_exp  # noqa: E402
 
@@ -55,34 +55,15 @@ COLUMNS = ["sql", "predicted_nl", "target", "generated_text", "predicted_score",
 
 
 @dataclass
-class EvalScoreSettings(ModelSettings):
+class EvalScoreSettings(GenerationSettings, ModelSettings):
     model_path: str | None = None
     """model to evaluate: a run name (score_model_grpo), folder, named model or hub id; default: `model`"""
     dataset: str = "outputs/data/cot_dataset_test.csv"
     """score-model rows: the CSV (or JSONL) written by scripts/make_cot_dataset.py"""
     num_examples: int | None = None
     """evaluate the first N rows; null = all"""
-    batch_size: int = 8
-    """prompts generated together"""
-    max_new_tokens: int = 256
-    """most tokens generated per completion"""
-    greedy: bool = True
-    """decode greedily; false samples with temperature / top_k / top_p"""
-    temperature: float = 1.0
-    """sampling temperature (greedy=false)"""
-    top_k: int = 0
-    """sample among the k most likely tokens; 0 = off (greedy=false)"""
-    top_p: float = 1.0
-    """nucleus sampling mass; 1 = off (greedy=false)"""
     output_file: str = "score_eval.csv"
     """per-example CSV; a bare name goes to outputs/eval/; .json summary and .png scatter beside it"""
-    seed: int = 0
-    """sampling seed"""
-
-
-def output_path(name: str) -> Path:
-    path = Path(name).expanduser()
-    return output_root() / "eval" / path.name if path.parent == Path(".") else path
 
 
 def pearson(xs: list[float], ys: list[float]) -> float | None:
@@ -125,11 +106,9 @@ def scatter(records: list[dict], path: Path, title: str) -> Path:
 def main() -> None:
     # 1. settings, rows
     s = parse_settings(EvalScoreSettings, section="eval_score_model", description=__doc__)
-    if s.batch_size < 1 or s.max_new_tokens < 1 or (s.num_examples is not None and s.num_examples < 1):
-        raise UserError("batch_size, max_new_tokens and num_examples must be >= 1")
-    if not s.greedy and s.temperature <= 0:
-        raise UserError(f"temperature must be > 0 when sampling, got {s.temperature}")
-    csv_path = output_path(s.output_file)
+    if s.num_examples is not None and s.num_examples < 1:
+        raise UserError(f"num_examples must be >= 1 or null, got {s.num_examples}")
+    csv_path = output_file(s.output_file, "eval")
     try:
         rows = to_score_prompts(load_score_rows(s.dataset, limit=s.num_examples))
     except DataError as e:
@@ -143,9 +122,7 @@ def main() -> None:
 
     # 3. generation
     t0 = time.perf_counter()
-    gen = generate_texts(model, tok, [r["prompt"] for r in rows], batch_size=s.batch_size,
-                         max_new_tokens=s.max_new_tokens, greedy=s.greedy, temperature=s.temperature,
-                         top_k=s.top_k, top_p=s.top_p, desc="score")
+    gen = s.generate(model, tok, [r["prompt"] for r in rows], desc="score")
     seconds = time.perf_counter() - t0
 
     # 4. scores, rewards, metrics

@@ -61,9 +61,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.data import DataError, load_text_to_sql, to_sql_prompts  # noqa: E402
-from grpo.generate import generate_texts  # noqa: E402
+from grpo.generate import GenerationSettings  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
-from grpo.run import atomic_path, atomic_write_json, atomic_write_text, output_root, seed_everything  # noqa: E402
+from grpo.run import atomic_path, atomic_write_json, atomic_write_text, output_file, seed_everything  # noqa: E402
 import rewards  # noqa: E402
 from rewards.sql import execution_match  # noqa: E402
 from rewards.sql_sandbox import run_sql  # noqa: E402
@@ -97,7 +97,7 @@ Reply with only a JSON object:
 
 
 @dataclass
-class EvalSqlSettings(ModelSettings):
+class EvalSqlSettings(GenerationSettings, ModelSettings):
     model_path: str | None = None
     """model to evaluate: a run name (text_to_sql_grpo), folder, named model or hub id; default: `model`"""
     dataset: str = "bundled"
@@ -106,18 +106,6 @@ class EvalSqlSettings(ModelSettings):
     """split to evaluate"""
     num_examples: int | None = None
     """evaluate the first N rows; null = all"""
-    batch_size: int = 8
-    """prompts generated together"""
-    max_new_tokens: int = 300
-    """most tokens generated per completion"""
-    greedy: bool = True
-    """decode greedily; false samples with temperature / top_k / top_p"""
-    temperature: float = 1.0
-    """sampling temperature (greedy=false)"""
-    top_k: int = 0
-    """sample among the k most likely tokens; 0 = off (greedy=false)"""
-    top_p: float = 1.0
-    """nucleus sampling mass; 1 = off (greedy=false)"""
     output_file: str = "sql_eval.csv"
     """per-example CSV; a bare name goes to outputs/eval/; .jsonl and .json summary beside it"""
     judge_url: str | None = None
@@ -128,13 +116,9 @@ class EvalSqlSettings(ModelSettings):
     """environment variable holding the judge's API key (none sent when unset)"""
     judge_timeout_s: float = 60.0
     """seconds to wait for one judge reply"""
-    seed: int = 0
-    """sampling seed"""
-
-
-def output_path(name: str) -> Path:
-    path = Path(name).expanduser()
-    return output_root() / "eval" / path.name if path.parent == Path(".") else path
+    # GenerationSettings with this script's defaults
+    max_new_tokens: int = 300
+    """most tokens generated per completion"""
 
 
 # ------------------------------------------------------------------------------------- judge
@@ -199,11 +183,9 @@ def ask_judge(s: EvalSqlSettings, row: dict, record: dict) -> dict:
 def main() -> None:
     # 1. settings, rows, judge connection
     s = parse_settings(EvalSqlSettings, section="eval_sql", description=__doc__)
-    if s.batch_size < 1 or s.max_new_tokens < 1 or (s.num_examples is not None and s.num_examples < 1):
-        raise UserError("batch_size, max_new_tokens and num_examples must be >= 1")
-    if not s.greedy and s.temperature <= 0:
-        raise UserError(f"temperature must be > 0 when sampling, got {s.temperature}")
-    csv_path = output_path(s.output_file)
+    if s.num_examples is not None and s.num_examples < 1:
+        raise UserError(f"num_examples must be >= 1 or null, got {s.num_examples}")
+    csv_path = output_file(s.output_file, "eval")
     try:
         rows = to_sql_prompts(load_text_to_sql(s.dataset, s.split, s.num_examples))
     except DataError as e:
@@ -217,9 +199,7 @@ def main() -> None:
     # 2.-3. model, generation
     model, tok = load_model_from_settings(s, trainable=False, model=s.model_path)
     t0 = time.perf_counter()
-    gen = generate_texts(model, tok, [r["prompt"] for r in rows], batch_size=s.batch_size,
-                         max_new_tokens=s.max_new_tokens, greedy=s.greedy, temperature=s.temperature,
-                         top_k=s.top_k, top_p=s.top_p, desc="sql")
+    gen = s.generate(model, tok, [r["prompt"] for r in rows], desc="sql")
     seconds = time.perf_counter() - t0
 
     # 4. execution, format and rewards

@@ -52,9 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.data import DataError, load_gsm8k, to_working_out_prompts  # noqa: E402
-from grpo.generate import generate_texts  # noqa: E402
+from grpo.generate import GenerationSettings  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
-from grpo.run import atomic_path, atomic_write_json, output_root, seed_everything  # noqa: E402
+from grpo.run import atomic_path, atomic_write_json, output_file as grpo_output_file, seed_everything  # noqa: E402
 from rewards.math_answers import accuracy_match  # noqa: E402
 
 COLUMNS = ["question", "labeled_cot", "labeled_answer", "generated_text", "extracted_thinking",
@@ -63,7 +63,7 @@ WORK_START, WORK_END, SOL_START, SOL_END = "<start_working_out>", "<end_working_
 
 
 @dataclass
-class EvalSettings(ModelSettings):
+class EvalSettings(GenerationSettings, ModelSettings):
     model_path: str | None = None
     """model to evaluate: a run name (sft_model), folder, named model or hub id; default: `model`"""
     dataset: str = "openai/gsm8k"
@@ -72,6 +72,9 @@ class EvalSettings(ModelSettings):
     """split to evaluate"""
     num_examples: int | None = 512
     """evaluate the first N rows of the split; null = all"""
+    output_file: str = "eval.csv"
+    """per-example CSV; a bare name goes to outputs/debug/ ($GRPO_OUTPUT_ROOT/debug); summary beside it as .json"""
+    # GenerationSettings with this script's defaults
     batch_size: int = 16
     """prompts generated together"""
     max_new_tokens: int = 512
@@ -80,14 +83,8 @@ class EvalSettings(ModelSettings):
     """sampling temperature"""
     top_k: int = 50
     """sample among the k most likely tokens; 0 = off"""
-    top_p: float = 1.0
-    """nucleus sampling mass; 1 = off"""
     greedy: bool = False
     """decode greedily (argmax) instead of sampling; temperature, top_k and top_p are then unused"""
-    output_file: str = "eval.csv"
-    """per-example CSV; a bare name goes to outputs/debug/ ($GRPO_OUTPUT_ROOT/debug); summary beside it as .json"""
-    seed: int = 0
-    """sampling seed"""
 
 
 def extract_thinking(completion: str) -> str:
@@ -108,19 +105,15 @@ def extract_answer(completion: str) -> str:
 
 def output_paths(output_file: str) -> tuple[Path, Path]:
     """(CSV path, summary JSON path): a bare file name lives in outputs/debug/."""
-    path = Path(output_file).expanduser()
-    if path.parent == Path("."):
-        path = output_root() / "debug" / path.name
+    path = grpo_output_file(output_file, "debug")
     return path, path.with_suffix(".summary.json" if path.suffix == ".json" else ".json")
 
 
 def main() -> None:
     # 1. settings, prompts (read before the slow model load)
     s = parse_settings(EvalSettings, section="evaluate", description=__doc__)
-    if s.batch_size < 1 or s.max_new_tokens < 1 or (s.num_examples is not None and s.num_examples < 1):
-        raise UserError("batch_size, max_new_tokens and num_examples must be >= 1")
-    if not s.greedy and s.temperature <= 0:
-        raise UserError(f"temperature must be > 0 when sampling (use --greedy for argmax), got {s.temperature}")
+    if s.num_examples is not None and s.num_examples < 1:
+        raise UserError(f"num_examples must be >= 1 or null, got {s.num_examples}")
     csv_path, summary_path = output_paths(s.output_file)
     seed_everything(s.seed)
     try:
@@ -135,9 +128,7 @@ def main() -> None:
 
     # 3. generation
     t0 = time.perf_counter()
-    gen = generate_texts(model, tok, [r["prompt"] for r in rows], batch_size=s.batch_size,
-                         max_new_tokens=s.max_new_tokens, greedy=s.greedy, temperature=s.temperature,
-                         top_k=s.top_k, top_p=s.top_p, prompt_suffix=rows[0]["prompt_suffix"], desc="evaluate")
+    gen = s.generate(model, tok, [r["prompt"] for r in rows], prompt_suffix=rows[0]["prompt_suffix"], desc="evaluate")
     texts, lengths, truncated = gen.texts, gen.lengths, gen.truncated
     seconds = time.perf_counter() - t0
 

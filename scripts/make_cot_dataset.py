@@ -57,7 +57,7 @@ from grpo.data.score_model import generation_prompt, split_generation  # noqa: E
 from grpo.data.sql_corruption import OPERATIONS, corrupt, schema_of  # noqa: E402
 from grpo.generate import generate_texts  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
-from grpo.run import atomic_path, atomic_write_json, output_root, progress, seed_everything  # noqa: E402
+from grpo.run import atomic_path, atomic_write_json, output_file, progress, seed_everything  # noqa: E402
 
 COLUMNS = ["sql", "true_nl", "corrupted_sql", "corruptions", "is_corrupted", "corruption_count", "reasoning",
            "predicted_nl", "cosine", "entity_score", "missing_entities", "bad_entities", "similarity_with_penalty"]
@@ -93,11 +93,6 @@ class CotDatasetSettings(ModelSettings):
     """seed of the corruptions and of sampling"""
 
 
-def output_path(name: str) -> Path:
-    path = Path(name).expanduser()
-    return output_root() / "data" / path.name if path.parent == Path(".") else path
-
-
 def main() -> None:
     # 1. settings, rows, embedder location (fail fast)
     s = parse_settings(CotDatasetSettings, section="cot_dataset", description=__doc__)
@@ -105,7 +100,7 @@ def main() -> None:
         raise UserError(f"corruption_prob must be in [0, 1], got {s.corruption_prob}")
     if s.temperature <= 0 or s.batch_size < 1 or s.max_new_tokens < 1:
         raise UserError("temperature must be > 0; batch_size and max_new_tokens >= 1")
-    csv_path = output_path(s.output_file)
+    csv_path = output_file(s.output_file, "data")
     try:
         rows = load_text_to_sql(s.dataset, s.split, s.num_examples)
         minilm_path()

@@ -37,22 +37,18 @@ Metrics (metrics.jsonl, one line per step):
 """
 from __future__ import annotations
 
-import math
-import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo import distributed as dd  # noqa: E402
-from grpo.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint, save_model  # noqa: E402
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
-from grpo.models import load_model_from_settings  # noqa: E402
-from grpo.optim import make_optimizer, make_scheduler  # noqa: E402
+from grpo.loop import train_steps  # noqa: E402
+from grpo.models import adapter_base_name, load_model_from_settings  # noqa: E402
 from grpo.plots import plot_reward_curve  # noqa: E402
-from grpo.run import MetricsWriter, RunDir, output_root, progress, seed_everything  # noqa: E402
+from grpo.run import RunDir, run_folder, seed_everything  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
 from grpo.trainer import GRPOTrainer  # noqa: E402
 
@@ -67,7 +63,7 @@ def main() -> None:
     rank, _ = dd.init_distributed()
     s = parse_settings(TrainGRPOSettings, description=__doc__, print_config=rank == 0, section="grpo")
     seed_everything(s.seed + rank)  # ranks sample different completions; data order is shared
-    run = RunDir(output_root() / s.run_name)
+    run = RunDir(run_folder(s.run_name))
     if rank == 0:
         run.save_config(s)
 
@@ -80,54 +76,18 @@ def main() -> None:
     if s.beta > 0 and not s.use_lora:
         ref_model, _ = load_model_from_settings(s, model=model_name, trainable=False)
     params = [p for p in model.parameters() if p.requires_grad]
-    total_opt_steps = s.max_steps * s.num_iterations
-    optimizer = make_optimizer(params, name=s.optimizer, lr=s.learning_rate, weight_decay=s.weight_decay)
-    scheduler = make_scheduler(optimizer, kind=s.lr_scheduler, total_steps=total_opt_steps,
-                               warmup_steps=math.ceil(s.warmup_ratio * total_opt_steps))
+    optimizer, scheduler = s.make_optimizer(params, total_steps=s.max_steps * s.num_iterations)
     trainer = GRPOTrainer(s, model, tok, task, optimizer, scheduler, ref_model=ref_model)
 
-    start = 0
-    if s.resume and run.latest_checkpoint() is not None:
-        state = load_checkpoint(run.latest_checkpoint(), model=model, optimizer=optimizer, scheduler=scheduler)
-        start = state["step"]
-        trainer.sampler.load_state(state["data"]["sampler"])
-        if rank == 0:
-            print(f"resumed from {run.latest_checkpoint()} at step {start}", file=sys.stderr)
-    elif s.resume:
-        print(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0", file=sys.stderr)
-
-    def checkpoint(step: int) -> None:
-        if rank == 0:
-            save_checkpoint(run.checkpoint(step), model=model, tokenizer=tok, optimizer=optimizer,
-                            scheduler=scheduler, step=step, data_state={"sampler": trainer.sampler.state()},
-                            base_name=model_name)
-            prune_checkpoints(run.checkpoints, keep=s.save_total_limit)
-
-    interrupted = []
-    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))  # finish the step, save, exit
-
-    writer = MetricsWriter(run.metrics_file, tensorboard_dir=run.path / "tb" if s.tensorboard else None,
-                           truncate_after_step=start) if rank == 0 else None
-    bar = progress(range(start, s.max_steps), initial=start, total=s.max_steps, desc="grpo", disable=True if rank != 0 else None)
-    step, t_start = start, time.perf_counter()
-    for step in (i + 1 for i in bar):
-        metrics = trainer.step()
-        if writer is not None and (step % s.logging_steps == 0 or step == s.max_steps):
-            writer.log(step, metrics)
-            bar.set_postfix(reward=f"{metrics['reward']:.3f}", len=f"{metrics['completion_length']:.0f}")
-        if interrupted:
-            checkpoint(step)
-            print(f"\ninterrupted: saved {run.checkpoint(step)}; continue with --resume", file=sys.stderr)
-            sys.exit(130)
-        if s.save_steps and step % s.save_steps == 0 and step < s.max_steps:
-            checkpoint(step)
-
+    result = train_steps(trainer, s=s, run=run, model=model, tokenizer=tok, optimizer=optimizer,
+                         scheduler=scheduler, max_steps=s.max_steps, rank=rank, desc="grpo",
+                         base_name=adapter_base_name(model_name, cache_dir=s.model_cache_dir or None),
+                         postfix=("reward", "completion_length"))
+    if result.interrupted:
+        sys.exit(130)
     if rank == 0:
-        checkpoint(step)
-        save_model(model, tok, run.final, base_name=model_name)
-        writer.close()
         png = plot_reward_curve(run.metrics_file, run.path / "reward_curve.png", title=f"{s.task} · {model_name}")
-        print(f"done: {step} steps in {time.perf_counter() - t_start:.0f}s; model in {run.final}; curve {png}")
+        print(f"done: {result.step} steps in {result.seconds:.0f}s; model in {run.final}; curve {png}")
 
 
 if __name__ == "__main__":

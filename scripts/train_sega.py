@@ -53,40 +53,25 @@ pref_accuracy.json: n, beta, accuracy, ties, accuracy_length_normalized, ties_le
 """
 from __future__ import annotations
 
-import json
 import math
-import signal
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo import distributed as dd  # noqa: E402
-from grpo.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint, save_model  # noqa: E402
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.data.rows import DataError  # noqa: E402
-from grpo.models import load_model_from_settings, resolve_model_path  # noqa: E402
-from grpo.optim import make_optimizer, make_scheduler  # noqa: E402
+from grpo.loop import train_steps  # noqa: E402
+from grpo.models import adapter_base_name, load_model_from_settings  # noqa: E402
 from grpo.plots import plot_reward_curve  # noqa: E402
-from grpo.run import MetricsWriter, RunDir, atomic_write_json, output_root, progress, seed_everything  # noqa: E402
+from grpo.run import RunDir, atomic_write_json, run_folder, seed_everything  # noqa: E402
 from sega.data import load_pairs  # noqa: E402
 from sega.implicit_reward import preference_accuracy  # noqa: E402
 from sega.settings import SegaSettings  # noqa: E402
 from sega.trainer import SegaTrainer  # noqa: E402
 
 ALIASES = {"model_name_or_path": "model", "train_jsonl": "dataset", "out_dir": "run_name", "lr": "learning_rate"}
-
-
-def run_folder(name: str) -> Path:
-    """A name under outputs/ ($GRPO_OUTPUT_ROOT), or a path when it contains a slash (`outputs/sega-demo`)."""
-    return Path(name) if "/" in name or "\\" in name else output_root() / name
-
-
-def base_model_name(s: SegaSettings) -> str:
-    """What a saved adapter records as its base: the base of a starting adapter (SFT's), else `model`."""
-    adapter = Path(resolve_model_path(s.model, cache_dir=s.model_cache_dir or None)) / "adapter_config.json"
-    return json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else s.model
 
 
 def load_rows(source: str, split: str, limit: int | None = None) -> list[dict]:
@@ -109,68 +94,30 @@ def main() -> None:
     model, tok = load_model_from_settings(s)
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError("the model has no trainable parameters (load_in_4bit needs use_lora)")
-    base_name = base_model_name(s)
+    base_name = adapter_base_name(s.model, cache_dir=s.model_cache_dir or None)
     ref_model = load_model_from_settings(s, trainable=False)[0] if s.kl_coef > 0 and not s.use_lora else None
     run = RunDir(run_folder(s.run_name))
     if rank == 0:
         run.save_config(s)
 
     max_steps = s.max_steps or math.ceil(s.epochs * len(rows) / s.batch_size)
-    total_opt_steps = max_steps * s.num_iterations
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, name=s.optimizer, lr=s.learning_rate, weight_decay=s.weight_decay)
-    scheduler = make_scheduler(optimizer, kind=s.lr_scheduler, total_steps=total_opt_steps,
-                               warmup_steps=math.ceil(s.warmup_ratio * total_opt_steps))
+    optimizer, scheduler = s.make_optimizer(params, total_steps=max_steps * s.num_iterations)
     try:
         trainer = SegaTrainer(s, model, tok, rows, optimizer, scheduler, ref_model=ref_model)
     except ValueError as e:
         raise UserError(str(e)) from None
 
-    start = 0
-    if s.resume and run.latest_checkpoint() is not None:
-        state = load_checkpoint(run.latest_checkpoint(), model=model, optimizer=optimizer, scheduler=scheduler)
-        start = state["step"]
-        trainer.sampler.load_state(state["data"]["sampler"])
-        if rank == 0:
-            print(f"resumed from {run.latest_checkpoint()} at step {start}", file=sys.stderr)
-    elif s.resume:
-        print(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0", file=sys.stderr)
-
-    def checkpoint(step: int) -> None:
-        if rank == 0:
-            save_checkpoint(run.checkpoint(step), model=model, tokenizer=tok, optimizer=optimizer,
-                            scheduler=scheduler, step=step, data_state={"sampler": trainer.sampler.state()},
-                            base_name=base_name)
-            prune_checkpoints(run.checkpoints, keep=s.save_total_limit)
-
-    interrupted = []
-    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))  # finish the step, save, exit
-
-    writer = MetricsWriter(run.metrics_file, tensorboard_dir=run.path / "tb" if s.tensorboard else None,
-                           truncate_after_step=start) if rank == 0 else None
-    bar = progress(range(start, max_steps), initial=start, total=max_steps, desc="sega",
-                   disable=None if rank == 0 else True)  # None: shown on a terminal (or GRPO_PROGRESS=1)
-    step, t_start = start, time.perf_counter()
-    for step in (i + 1 for i in bar):
-        metrics = trainer.step()  # 1.-5. sample, score, filter, advantages, update
-        if writer is not None and (step % s.logging_steps == 0 or step == max_steps):
-            writer.log(step, metrics)
-            bar.set_postfix(score=f"{metrics['score']:.3f}", len=f"{metrics['completion_length']:.0f}")
-        if interrupted:
-            checkpoint(step)
-            print(f"\ninterrupted: saved {run.checkpoint(step)}; continue with --resume", file=sys.stderr)
-            sys.exit(130)
-        if s.save_steps and step % s.save_steps == 0 and step < max_steps:
-            checkpoint(step)
-
+    result = train_steps(trainer, s=s, run=run, model=model, tokenizer=tok, optimizer=optimizer,
+                         scheduler=scheduler, max_steps=max_steps, rank=rank, desc="sega", base_name=base_name,
+                         postfix=("score", "completion_length"))  # each step: 1.-5. of the docstring
+    if result.interrupted:
+        sys.exit(130)
     if rank != 0:
         return
-    checkpoint(step)
-    save_model(model, tok, run.final, base_name=base_name)
-    writer.close()
     png = plot_reward_curve(run.metrics_file, run.path / "score_curve.png", keys=("score",),
                             title=f"SEGA · {s.model}")
-    print(f"done: {step} steps in {time.perf_counter() - t_start:.0f}s; model in {run.final}; curve {png}")
+    print(f"done: {result.step} steps in {result.seconds:.0f}s; model in {run.final}; curve {png}")
     if eval_rows:  # held-out preference accuracy of the trained policy
         acc = preference_accuracy(model, tok, eval_rows, beta=s.beta, batch_size=s.eval_batch_size)
         out = atomic_write_json(run.path / "pref_accuracy.json",

@@ -39,7 +39,6 @@ Logged metrics (metrics.jsonl, one line per optimiser step):
 """
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +48,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.data import DataError, load_gsm8k, to_working_out_prompts  # noqa: E402
-from grpo.models import ModelSettings, load_model_from_settings, resolve_model_path  # noqa: E402
-from grpo.run import RunDir, output_root, seed_everything  # noqa: E402
+from grpo.models import ModelSettings, adapter_base_name, load_model_from_settings  # noqa: E402
+from grpo.run import RunDir, run_folder, seed_everything  # noqa: E402
 from grpo.sft import (SFTLoopSettings, chat_prompt_text, encode_example,  # noqa: E402
                       train_sft)
 from sega.data import load_pairs  # noqa: E402
@@ -80,11 +79,6 @@ class SFTSettings(ModelSettings, SFTLoopSettings):
     default sft_model (full), rl_sft_model (rl_prep), sft_pairs (pairs)"""
 
 
-def run_folder(s: SFTSettings) -> Path:
-    name = s.run_name or DEFAULT_RUN[s.stage if s.mode == "gsm8k" else "pairs"]
-    return Path(name) if "/" in name or "\\" in name else output_root() / name
-
-
 def training_rows(s: SFTSettings) -> list[tuple[list[dict[str, str]], str, str]]:
     """The training rows as (chat messages, prompt suffix, completion text)."""
     try:
@@ -97,12 +91,6 @@ def training_rows(s: SFTSettings) -> list[tuple[list[dict[str, str]], str, str]]
         raise UserError(str(e)) from None
     # The same messages as SEGA's sampling and preference scoring: one user turn holding `prompt`.
     return [([{"role": "user", "content": p["prompt"]}], "", p["chosen"]) for p in pairs]
-
-
-def base_model_name(s: SFTSettings) -> str:
-    """The name the saved adapter should record as its base: the base of a starting adapter, else `model`."""
-    adapter = Path(resolve_model_path(s.model, cache_dir=s.model_cache_dir or None)) / "adapter_config.json"
-    return json.loads(adapter.read_text())["base_model_name_or_path"] if adapter.is_file() else s.model
 
 
 def main() -> None:
@@ -123,7 +111,7 @@ def main() -> None:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if n_train == 0:
         raise UserError("the model has no trainable parameters (load_in_4bit needs use_lora)")
-    run = RunDir(run_folder(s))
+    run = RunDir(run_folder(s.run_name or DEFAULT_RUN[s.stage if s.mode == "gsm8k" else "pairs"]))
     run.save_config(s)
 
     # 3. examples: prompt text exactly as generation builds it, labels only on the completion
@@ -137,7 +125,7 @@ def main() -> None:
           file=sys.stderr)
 
     # 4.-5. train, save final/
-    summary = train_sft(model, tok, examples, s=s, run=run, base_name=base_model_name(s))
+    summary = train_sft(model, tok, examples, s=s, run=run, base_name=adapter_base_name(s.model, cache_dir=s.model_cache_dir or None))
     print(f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} in {summary['steps']} steps "
           f"({summary['seconds']:.1f} s); model saved to {summary['final']}")
 

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from grpo.models import ModelSettings
+from grpo.optim import OptimSettings
+from grpo.run import RunSettings
 from sega.scoring import DEFAULT_MARKERS
 
 
 @dataclass
-class SegaSettings(ModelSettings):
+class SegaSettings(RunSettings, OptimSettings, ModelSettings):
     # --- data
     dataset: str = "bundled"
     """preference pairs {"prompt", "chosen", "rejected"}: `bundled`, a .jsonl/.json file or a folder"""
@@ -96,31 +98,10 @@ class SegaSettings(ModelSettings):
     """candidates per forward/backward pass, rounded down to whole prompts (at least one)"""
     learning_rate: float = 1e-4
     """peak AdamW learning rate (LoRA; the seed README's 5e-6 is for full fine-tuning of an 8B model)"""
-    weight_decay: float = 0.0
-    """AdamW weight decay"""
-    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
-    """AdamW, or bitsandbytes' 8-bit AdamW"""
-    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
-    """learning-rate schedule after warm-up"""
-    warmup_ratio: float = 0.0
-    """fraction of optimiser steps spent warming up linearly"""
-    max_grad_norm: float = 1.0
-    """gradient clipping (0 = off)"""
-    # --- run
+    # (and OptimSettings: weight_decay, optimizer, lr_scheduler, warmup_ratio, max_grad_norm)
+    # --- run (and RunSettings: seed, logging_steps, save_steps, save_total_limit, resume, tensorboard)
     run_name: str = "sega"
     """output folder: a name under outputs/ ($GRPO_OUTPUT_ROOT) or a path containing '/'"""
-    seed: int = 0
-    """random seed (data order, sampling, LoRA initialisation)"""
-    logging_steps: int = 1
-    """log metrics every N steps"""
-    save_steps: int = 20
-    """write a resumable checkpoint every N steps (0 = only at the end)"""
-    save_total_limit: int = 2
-    """keep only the newest N checkpoints"""
-    resume: bool = False
-    """continue from the newest checkpoint of this run"""
-    tensorboard: bool = False
-    """also write TensorBoard event files"""
 
     def __post_init__(self) -> None:
         checks = {"k": self.k >= 2, "batch_size": self.batch_size >= 1, "micro_batch_size": self.micro_batch_size >= 1,

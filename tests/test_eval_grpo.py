@@ -62,6 +62,16 @@ def test_eval_script_rejects_mismatched_weights_in_one_line(tmp_path):
     assert "reward_weights has 2 entries for 5 reward functions" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", 0], "batch_size and max_new_tokens must be >= 1, got 0 and 128"),
+    (["--greedy", "false", "--temperature", 0], "temperature must be > 0 when sampling"),
+    (["--num-examples", 0], "num_examples must be >= 1 or null, got 0"),
+])
+def test_bad_generation_settings_fail_in_one_line_before_loading(tmp_path, args, message):
+    p = _run(tmp_path, "--model", "no_such_model", *args)  # rejected before the model is looked up
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+
+
 def test_prompt_suffix_setting_primes_every_row_and_reaches_the_rewards():
     task = load_task("text_to_sql", split="test", limit=2, prompt_suffix="<reasoning>\n")
     assert [r["prompt_suffix"] for r in task.rows] == ["<reasoning>\n"] * 2

@@ -136,7 +136,6 @@ def test_doubling_scores_leaves_zscore_advantages_unchanged():
 
 def test_zscore_does_not_divide_a_tiny_spread():
     scores = torch.tensor([[1.0, 1.0 + 1e-7, 1.0 - 1e-7]], dtype=torch.float64)  # std 1e-7 ≤ 1e-6
-    valid = torch.ones(1, 3, dtype=torch.bool)
     torch.testing.assert_close(sega_advantages(scores, adv_norm="zscore"), sega_advantages(scores), **F64)
 
 

@@ -89,3 +89,23 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(env, tmp_path):
 def test_bad_input_is_one_line_and_nonzero_exit(env, args, message):
     out = run([*TINY, "--max-steps", "1", *args], env)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_training_on_from_an_adapter_saves_an_adapter_of_the_original_base(env, tmp_path):
+    """--base-model an adapter run (the GSM8K pipeline's rl_sft_model): the adapter is trained further, so
+    the saved one must name the adapter's own base; naming the folder would stack the adapter twice."""
+    import torch
+    from peft import PeftModel
+    from grpo.models import load_model
+
+    assert run([*TINY, "--max-steps", "1", "--run-name", "first"], env).returncode == 0
+    out = run([*TINY, "--max-steps", "1", "--run-name", "second", "--base-model", "first"], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    final = tmp_path / "outputs" / "second" / "final"
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-llama"
+    base, _ = load_model("tiny-llama", cache_dir=env["GRPO_CACHE_DIR"], trainable=False)
+    expected = PeftModel.from_pretrained(base, final).eval()
+    loaded, _ = load_model(str(tmp_path / "outputs" / "second"), cache_dir=env["GRPO_CACHE_DIR"], trainable=False)
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(ids).logits, expected(ids).logits, rtol=0, atol=0)
