@@ -93,7 +93,7 @@ def test_bad_input_is_one_line_and_nonzero_exit(env, args, message):
 
 def test_training_on_from_an_adapter_saves_an_adapter_of_the_original_base(env, tmp_path):
     """--base-model an adapter run (the GSM8K pipeline's rl_sft_model): the adapter is trained further, so
-    the saved one must name the adapter's own base; naming the folder would stack the adapter twice."""
+    the saved one must name the adapter's own base (naming the run folder made it fail to load)."""
     import torch
     from peft import PeftModel
     from grpo.models import load_model
