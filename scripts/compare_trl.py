@@ -36,7 +36,8 @@ from typing import Literal
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
-from grpo.run import atomic_path, markdown_table, write_report  # noqa: E402
+from grpo.plots import plot_curves  # noqa: E402
+from grpo.run import markdown_table, write_report  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent / "bench_grpo_step.py"
@@ -108,30 +109,6 @@ def markdown(rows: dict[str, dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(records: list[dict], out: Path, *, window: int, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=110)
-    for name, color in (("ours", "tab:blue"), ("trl", "tab:orange")):
-        pts = [(r["step"], r["reward"]) for r in records if r["framework"] == name]
-        steps, rewards = zip(*pts)
-        ax.plot(steps, rewards, ".", color=color, alpha=0.35)
-        mean = [statistics.mean(rewards[max(0, i - window + 1):i + 1]) for i in range(len(rewards))]
-        ax.plot(steps, mean, "-", color=color, label=f"{'ours' if name == 'ours' else 'TRL'} (mean of {window})")
-    ax.set_xlabel("step")
-    ax.set_ylabel("mean reward")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
 def main() -> None:
     s = parse_settings(CompareSettings, description=__doc__)
     command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
@@ -151,8 +128,11 @@ def main() -> None:
                      payload={"command": command, "settings": asdict(s), "versions": bench["versions"],
                               "summary": rows, "loadavg_before": bench["loadavg_before"],
                               "loadavg_after": bench["loadavg_after"], "records": bench["records"]})
-        plot(bench["records"], out.with_suffix(".png"), window=s.window,
-             title=f"{s.task} · {s.model} · B={s.prompts_per_step} G={s.num_generations} L={s.max_completion_length}")
+        curves = {label: [(r["step"], r["reward"]) for r in bench["records"] if r["framework"] == name]
+                  for name, label in (("ours", "ours"), ("trl", "TRL"))}
+        plot_curves(curves, out.with_suffix(".png"), smooth=s.window, ylabel="mean reward",
+                    title=f"{s.task} · {s.model} · B={s.prompts_per_step} G={s.num_generations} "
+                          f"L={s.max_completion_length}")
         print(f"wrote {out.with_suffix('.md')}, .csv, .json, .png", file=sys.stderr)
 
 
