@@ -43,7 +43,10 @@ from pathlib import Path
 
 import torch
 
-from kernels import entropy_cpu, token_logprobs_and_entropy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grpo.measure import cpu_name, package_versions, proc_status_mb, reset_peak_rss  # noqa: E402
+from kernels import entropy_cpu, token_logprobs_and_entropy  # noqa: E402
 
 GRID = [(n, v) for n in (1024, 4096, 16384) for v in (32768, 49152, 151936)]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -138,13 +141,6 @@ def time_interleaved(fns: dict, logits, ids, repeats, device) -> dict:
     return times
 
 
-def _vm(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def measure_memory_child(name, N, V, dtype, device) -> int:
     """Step 4, inside the subprocess: peak bytes above the pre-call baseline for one call."""
     fn = methods(device)[name]
@@ -159,10 +155,11 @@ def measure_memory_child(name, N, V, dtype, device) -> int:
             fn(logits, ids)
             torch.cuda.synchronize()
             return torch.cuda.max_memory_allocated() - base
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        base = _vm("VmRSS")
+        if not reset_peak_rss():  # VmHWM := the current RSS
+            raise RuntimeError("cannot reset VmHWM through /proc/self/clear_refs")
+        base = proc_status_mb("VmRSS")
         fn(logits, ids)
-        return _vm("VmHWM") - base
+        return round((proc_status_mb("VmHWM") - base) * 2**20)
 
 
 def measure_memory(name, N, V, dtype, device) -> float:
@@ -206,9 +203,9 @@ def run_shape(cfg: Settings, N: int, V: int, command: str) -> list[dict]:
     load = (load_before, os.getloadavg()[0])  # other processes on the machine: reported with the results
     del logits
     med = {k: statistics.median(v) for k, v in times.items()}
-    versions = {"torch": torch.__version__, "trl": _version("trl"), "threads": torch.get_num_threads(),
+    versions = {"torch": torch.__version__, "trl": package_versions(("trl",))["trl"], "threads": torch.get_num_threads(),
                 "loadavg_1min_before_after": load, "cpus": os.cpu_count(),
-                "device": torch.cuda.get_device_name() if cfg.device == "cuda" else _cpu_name()}
+                "device": torch.cuda.get_device_name() if cfg.device == "cuda" else cpu_name()}
     for name, ts in times.items():
         q = statistics.quantiles(ts, n=10, method="inclusive") if len(ts) >= 2 else [ts[0]] * 9
         mem = measure_memory(name, N, V, cfg.dtype, cfg.device) if cfg.memory and name != "floor" else float("nan")
@@ -220,21 +217,6 @@ def run_shape(cfg: Settings, N: int, V: int, command: str) -> list[dict]:
                          extra_pct=100 * mem * 2**20 / nbytes, err_logp=errors[name][0], err_H=errors[name][1],
                          versions=json.dumps(versions), command=command))
     return rows
-
-
-def _version(pkg):
-    try:
-        from importlib.metadata import version
-        return version(pkg)
-    except Exception:  # noqa: BLE001
-        return "not installed"
-
-
-def _cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "cpu"
 
 
 def markdown(rows) -> str:

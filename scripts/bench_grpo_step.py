@@ -49,7 +49,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -63,6 +62,7 @@ from typing import Any, Literal
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.config import UserError, cli_main, parse_settings, settings_from_dict  # noqa: E402
+from grpo.measure import PeakRSS, package_versions, proc_status_mb  # noqa: E402
 from grpo.run import markdown_table, write_report  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
 
@@ -96,54 +96,6 @@ NOT_IN_TRL = {"dynamic_sampling": "off", "overlong_cache_length": 0, "stop_strin
 
 
 # ------------------------------------------------------------------------------------- worker helpers
-def _status_mb(key: str) -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class PeakRSS:
-    """High-water marks of this process's RSS, per phase and overall (Linux VmHWM).
-
-    VmHWM is reset to the current RSS through /proc/self/clear_refs at every phase start; that also resets
-    what getrusage's ru_maxrss reports for a live process, so the overall peak is kept here, folding in the
-    old mark before each reset (model loading included).
-    """
-
-    def __init__(self):
-        self.process, self.steps, self.in_steps, self.frozen = 0.0, 0.0, False, None
-
-    def begin_steps(self) -> None:  # after set-up: from here on marks also count for `steps`
-        self.start()
-        self.in_steps = True
-
-    def start(self) -> None:
-        self.read()
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # VmHWM := current RSS
-        except OSError:
-            pass
-
-    def read(self) -> float:
-        mark = _status_mb("VmHWM")
-        self.process = max(self.process, mark)
-        if self.in_steps:
-            self.steps = max(self.steps, mark)
-        return mark
-
-    def freeze(self) -> None:  # before a profiled step: the profiler's memory is not the trainer's
-        self.read()
-        self.frozen = self.final()
-
-    def final(self) -> dict[str, float]:
-        if self.frozen:
-            return self.frozen
-        self.read()
-        return {"peak_rss_mb": self.process, "steps_peak_rss_mb": self.steps}
-
-
 PEAK = PeakRSS()
 
 
@@ -229,7 +181,7 @@ def _ours_worker(s: BenchSettings, emit, commands) -> None:
     trainer._update = _phase(trainer._update, "update_peak_mb", seen)
     N = s.prompts_per_step * s.num_generations
     PEAK.begin_steps()
-    emit({"ready": True, "weights": weights, "rss_mb": _status_mb("VmRSS")})
+    emit({"ready": True, "weights": weights, "rss_mb": proc_status_mb("VmRSS")})
     for i in range(total):
         commands()
         profiler = _Profiler() if s.profile and i == total - 1 else None
@@ -244,7 +196,7 @@ def _ours_worker(s: BenchSettings, emit, commands) -> None:
               "seconds": seconds, "tokens": m["completion_length"] * N, "reward": m["reward"], "gen_s": m["time/generate"], "score_s": m["time/score"], "update_s": m["time/update"],
               "len": m["completion_length"], "truncated_frac": m["truncated_frac"], "prompts": seen["prompts"],
               "gen_peak_mb": seen["gen_peak_mb"], "update_peak_mb": seen["update_peak_mb"],
-              "rss_mb": _status_mb("VmRSS"), "load1": os.getloadavg()[0]})
+              "rss_mb": proc_status_mb("VmRSS"), "load1": os.getloadavg()[0]})
 
 
 def _trl_reward(fn, name: str, columns: list[str]):
@@ -313,7 +265,7 @@ def _trl_worker(s: BenchSettings, emit, commands) -> None:
                 "gen_s": gen_score - state["score_s"], "score_s": state["score_s"], "update_s": seconds - gen_score,
                 "len": state["tokens"] / N, "truncated_frac": trainer._metrics["train"]["completions/clipped_ratio"][-1],
                 "prompts": state["prompts"], "gen_peak_mb": state["gen_peak_mb"], "update_peak_mb": PEAK.read(),
-                "rss_mb": _status_mb("VmRSS"), "load1": os.getloadavg()[0]}
+                "rss_mb": proc_status_mb("VmRSS"), "load1": os.getloadavg()[0]}
 
         def on_train_end(self, args, st, control, **kw):
             self._flush()
@@ -322,7 +274,7 @@ def _trl_worker(s: BenchSettings, emit, commands) -> None:
             if not state["started"]:
                 state["started"] = True
                 PEAK.begin_steps()
-                emit({"ready": True, "weights": weights, "rss_mb": _status_mb("VmRSS"), **checks})
+                emit({"ready": True, "weights": weights, "rss_mb": proc_status_mb("VmRSS"), **checks})
             elif state["pending"] is not None:
                 emit(state.pop("pending"))
                 state["pending"] = None
@@ -395,18 +347,6 @@ class Worker:
         self.proc.stdin.write(cmd + "\n")
         self.proc.stdin.flush()
         return self.read()
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version(), "platform": platform.platform(), "cpus": str(os.cpu_count())}
-    for pkg in ("torch", "transformers", "peft", "trl", "accelerate"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def run(s: BenchSettings) -> dict[str, Any]:
@@ -491,7 +431,7 @@ def main() -> None:
     command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
     load_before = os.getloadavg()
     result = run(s)
-    info = {"command": command, "versions": versions(), "settings": asdict(s), "loadavg_before": load_before,
+    info = {"command": command, "versions": package_versions(), "settings": asdict(s), "loadavg_before": load_before,
             "loadavg_after": os.getloadavg()}
     title = (f"GRPO step, {s.model} (LoRA {s.use_lora}), B={s.prompts_per_step} G={s.num_generations} "
              f"L={s.max_completion_length} micro={s.micro_batch_size}, {s.steps} timed steps after {s.warmup} "
