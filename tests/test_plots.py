@@ -26,3 +26,33 @@ def test_reward_curve_of_a_run(tmp_path):
             w.log(step, {"reward": step / 5, "score": -step})
     out = plot_reward_curve(tmp_path / "m.jsonl", tmp_path / "r.png", keys=("score",))
     assert out.read_bytes().startswith(PNG)
+
+
+def _plot_runs(tmp_path, *args):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "GRPO_OUTPUT_ROOT": str(tmp_path / "outputs")}
+    return subprocess.run([sys.executable, str(root / "scripts" / "plot_runs.py"), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_plot_runs_script_overlays_runs_by_name_folder_or_file(tmp_path):
+    for name, scale in (("a", 1.0), ("b", 2.0)):
+        (tmp_path / "outputs" / name).mkdir(parents=True)
+        with MetricsWriter(tmp_path / "outputs" / name / "metrics.jsonl") as w:
+            for step in range(1, 7):
+                w.log(step, {"reward": scale * step})
+    p = _plot_runs(tmp_path, "a", tmp_path / "outputs" / "b" / "metrics.jsonl", "--smooth", 2,
+                   "--out", tmp_path / "ab.png")
+    assert p.returncode == 0, p.stderr
+    assert "a: 6 steps, reward first 2 1.500 -> last 2 5.500" in p.stdout
+    assert "b: 6 steps, reward first 2 3.000 -> last 2 11.000" in p.stdout
+    assert (tmp_path / "ab.png").read_bytes().startswith(PNG)
+    bad = _plot_runs(tmp_path, "a", "missing", "--out", tmp_path / "x.png")
+    assert bad.returncode == 2 and "run 'missing': no metrics.jsonl" in bad.stderr and "Traceback" not in bad.stderr
+    bad = _plot_runs(tmp_path, "a", "--metric", "kl", "--out", tmp_path / "x.png")
+    assert bad.returncode == 2 and "no run logged 'kl'" in bad.stderr

@@ -1,0 +1,80 @@
+"""Plot one metric of several runs in one PNG: seeds of a recipe, or two configurations side by side.
+
+    python scripts/plot_runs.py recipe_score_model recipe_score_model_seed1 --out docs/recipe_score_model.png
+    python scripts/plot_runs.py outputs/grpo/metrics.jsonl outputs/grpo_seed1 --metric completion_length
+
+Each run is a run name under outputs/, a run folder, or a metrics.jsonl file; its label is the run's folder
+name unless `--labels` gives them. Points are the logged values, lines their running mean over `--smooth`
+steps (grpo.plots.plot_curves).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.plots import metric_points, plot_curves  # noqa: E402
+from grpo.run import output_root  # noqa: E402
+
+
+@dataclass
+class PlotSettings:
+    runs: list[str] = field(default_factory=list)
+    """run names under outputs/, run folders or metrics.jsonl files (also accepted as positional arguments)"""
+    labels: list[str] = field(default_factory=list)
+    """one legend label per run; empty = the run folders' names"""
+    metric: str = "reward"
+    """the metrics.jsonl key to plot"""
+    smooth: int = 5
+    """steps in the running mean"""
+    title: str = ""
+    """plot title"""
+    out: str = "runs.png"
+    """the PNG to write (atomically)"""
+
+
+def metrics_file(run: str) -> Path:
+    """A run name, run folder or metrics file → its metrics.jsonl (a clear error when there is none)."""
+    path = Path(run).expanduser()
+    for cand in (path, path / "metrics.jsonl", output_root() / run / "metrics.jsonl"):
+        if cand.is_file():
+            return cand
+    raise UserError(f"run {run!r}: no metrics.jsonl (looked in {path}, {output_root() / run})")
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    positional = []
+    while argv and not argv[0].startswith("-"):
+        positional.append(argv.pop(0))
+    s = parse_settings(PlotSettings, argv, description=__doc__, print_config=False)
+    runs = positional + s.runs
+    if not runs:
+        raise UserError("name at least one run (positional arguments or --runs)")
+    if s.labels and len(s.labels) != len(runs):
+        raise UserError(f"--labels has {len(s.labels)} entries for {len(runs)} runs")
+    files = [metrics_file(r) for r in runs]
+    labels = s.labels or [f.parent.name for f in files]
+    series = {label: metric_points(f, s.metric) for label, f in zip(labels, files)}
+    empty = [label for label, pts in series.items() if not pts]
+    if len(empty) == len(series):
+        raise UserError(f"no run logged {s.metric!r}")
+    if len(set(labels)) != len(labels):
+        raise UserError(f"two runs have the same label {labels}; give --labels")
+    out = plot_curves(series, s.out, title=s.title, ylabel=s.metric, smooth=s.smooth)
+    for label, pts in series.items():
+        if pts:
+            first = [v for _, v in pts[:s.smooth]]
+            last = [v for _, v in pts[-s.smooth:]]
+            print(f"{label}: {len(pts)} steps, {s.metric} first {len(first)} {sum(first) / len(first):.3f} -> "
+                  f"last {len(last)} {sum(last) / len(last):.3f}")
+        else:
+            print(f"{label}: no {s.metric!r} logged")
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    cli_main(main)
