@@ -15,7 +15,24 @@ from grpo.run import RunSettings
 
 
 @dataclass
-class TaskSettings(ModelSettings):
+class PromptSettings:
+    """How a task's prompts are presented: the system message and the text that primes the reply."""
+
+    prompt_suffix: Optional[str] = None
+    """text after the generation prompt that primes the reply (e.g. "<reasoning>\n"); null = the task's own"""
+    system_prompt: Optional[str] = None
+    """system message replacing the task's own (e.g. one with a worked example); null = the task's own"""
+
+    def task_rows(self, task: str, *, source: str = "", split: str = "train", limit: Optional[int] = None):
+        """The rows of `grpo.tasks.load_task(task, ...)` with these prompt settings."""
+        from grpo.tasks import load_task
+
+        return load_task(task, source=source, split=split, limit=limit, prompt_suffix=self.prompt_suffix,
+                         system_prompt=self.system_prompt).rows
+
+
+@dataclass
+class TaskSettings(PromptSettings, ModelSettings):
     """The task a script trains or evaluates on: its data, prompts and reward functions."""
 
     task: str = "arithmetic"
@@ -26,10 +43,6 @@ class TaskSettings(ModelSettings):
     """reward functions by name (rewards.REWARD_FUNCTIONS) or module:function; empty = the task's preset"""
     reward_weights: list[float] = field(default_factory=list)
     """one weight per reward function; empty = all 1.0"""
-    prompt_suffix: Optional[str] = None
-    """text after the generation prompt that primes the reply (e.g. "<reasoning>\n"); null = the task's own"""
-    system_prompt: Optional[str] = None
-    """system message replacing the task's own (e.g. one with a worked example); null = the task's own"""
 
     def load_task(self, *, split: str = "train", limit: Optional[int] = None):
         """`grpo.tasks.load_task` with these settings."""

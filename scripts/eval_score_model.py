@@ -10,7 +10,8 @@ scripts/make_cot_dataset.py (use one made from a split the model was not trained
 flat, or sectioned (this script reads `common` then `eval_score_model`).
 
 Steps:
-    1. settings; the dataset rows as score prompts (read before the model, so bad data fails fast)
+    1. settings; the dataset rows as score prompts (read before the model, so bad data fails fast), with
+       `system_prompt` / `prompt_suffix` as in training (configs/recipe_score_model.json)
     2. load the model to evaluate (eval mode, no new adapter)
     3. one completion per prompt, in batches (greedy by default: the score is a point estimate)
     4. read the score of each completion (rewards.formats.read_score: needs `<think>` and one number
@@ -27,7 +28,7 @@ Metrics (printed, and in the summary JSON):
     seconds             wall time of generation
 
 Outputs: `output_file` (CSV; a bare name goes to outputs/eval/) with columns sql, predicted_nl, target,
-generated_text, predicted_score, valid, reward; beside it `.json` (metrics + settings) and `.png`
+generated_text (the whole reply: `prompt_suffix` + the generated text), predicted_score, valid, reward; beside it `.json` (metrics + settings) and `.png`
 (scatter of predicted score against target, the diagonal is a perfect model).
 """
 from __future__ import annotations
@@ -43,10 +44,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
-from grpo.data import DataError  # noqa: E402
-from grpo.data.score_model import load_score_rows, regression_metrics, to_score_prompts  # noqa: E402
+from grpo.data.score_model import regression_metrics  # noqa: E402
 from grpo.generate import GenerationSettings  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
+from grpo.settings import PromptSettings  # noqa: E402
 from grpo.run import atomic_path, atomic_write_json, output_file, seed_everything  # noqa: E402
 from rewards.formats import read_score  # noqa: E402
 from rewards.score_model import score_exp  # noqa: E402
@@ -55,7 +56,7 @@ COLUMNS = ["sql", "predicted_nl", "target", "generated_text", "predicted_score",
 
 
 @dataclass
-class EvalScoreSettings(GenerationSettings, ModelSettings):
+class EvalScoreSettings(GenerationSettings, PromptSettings, ModelSettings):
     model_path: str | None = None
     """model to evaluate: a run name (score_model_grpo), folder, named model or hub id; default: `model`"""
     dataset: str = "outputs/data/cot_dataset_test.csv"
@@ -109,10 +110,7 @@ def main() -> None:
     if s.num_examples is not None and s.num_examples < 1:
         raise UserError(f"num_examples must be >= 1 or null, got {s.num_examples}")
     csv_path = output_file(s.output_file, "eval")
-    try:
-        rows = to_score_prompts(load_score_rows(s.dataset, limit=s.num_examples))
-    except DataError as e:
-        raise UserError(str(e)) from None
+    rows = s.task_rows("score_model", source=s.dataset, limit=s.num_examples)
     if not rows:
         raise UserError(f"{s.dataset} has no rows")
     seed_everything(s.seed)
@@ -122,16 +120,18 @@ def main() -> None:
 
     # 3. generation
     t0 = time.perf_counter()
-    gen = s.generate(model, tok, [r["prompt"] for r in rows], desc="score")
+    suffix = rows[0].get("prompt_suffix", "")  # one suffix for all rows (PromptSettings)
+    gen = s.generate(model, tok, [r["prompt"] for r in rows], prompt_suffix=suffix, desc="score")
     seconds = time.perf_counter() - t0
+    replies = [suffix + text for text in gen.texts]  # what the reward scores: the whole reply (grpo.tasks [D2])
 
     # 4. scores, rewards, metrics
-    preds = [read_score(text) for text in gen.texts]
+    preds = [read_score(text) for text in replies]
     targets = [r["target"] for r in rows]
-    rewards = score_exp(None, gen.texts, target=targets)
+    rewards = score_exp(None, replies, target=targets)
     records = [{"sql": r["sql"], "predicted_nl": r["predicted_nl"], "target": t, "generated_text": text,
                 "predicted_score": p, "valid": p is not None, "reward": w}
-               for r, t, text, p, w in zip(rows, targets, gen.texts, preds, rewards)]
+               for r, t, text, p, w in zip(rows, targets, replies, preds, rewards)]
     valid = [(p, t) for p, t in zip(preds, targets) if p is not None]
     metrics = {**regression_metrics(preds, targets),
                "pearson_r": pearson([p for p, _ in valid], [t for _, t in valid]),

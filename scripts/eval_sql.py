@@ -13,7 +13,7 @@ endpoint (a base URL such as http://127.0.0.1:8000/v1, or its full /chat/complet
 server, Ollama and OpenAI all qualify); its API key is read from the variable named by `judge_api_key_env`.
 
 Steps:
-    1. settings; the rows as system C prompts; with a judge, a connection check (fail before the model)
+    1. settings; the rows as system C prompts (`system_prompt` / `prompt_suffix` as in training); with a judge, a connection check (fail before the model)
     2. load the model to evaluate (eval mode, no new adapter)
     3. one completion per prompt, in batches (greedy by default)
     4. per example: extract the SQL (rewards.sql_text.extract_sql), run it in the sandbox on a fresh
@@ -37,6 +37,7 @@ Metrics (printed, and in the summary JSON):
     mean_completion_tokens, truncated_fraction, seconds
 
 Outputs: `output_file` (CSV; a bare name goes to outputs/eval/) and the same rows as .jsonl; summary .json.
+`generated_text` is the whole reply: `prompt_suffix` (the priming text, e.g. "<reasoning>\n") + the generated text.
 Columns: id, sql_prompt, gold_sql, generated_text, extracted_sql, format_ok, valid_sql, execution_match,
 sql_error, reward/<name> …, reward_total, and with a judge judge_sql_score, judge_reasoning_score,
 judge_format_score, judge_educational_score, judge_error_type, judge_explanation, judge_error.
@@ -60,9 +61,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
-from grpo.data import DataError, load_text_to_sql, to_sql_prompts  # noqa: E402
 from grpo.generate import GenerationSettings  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
+from grpo.settings import PromptSettings  # noqa: E402
 from grpo.run import atomic_path, atomic_write_json, atomic_write_text, output_file, seed_everything  # noqa: E402
 import rewards  # noqa: E402
 from rewards.sql import execution_match  # noqa: E402
@@ -97,7 +98,7 @@ Reply with only a JSON object:
 
 
 @dataclass
-class EvalSqlSettings(GenerationSettings, ModelSettings):
+class EvalSqlSettings(GenerationSettings, PromptSettings, ModelSettings):
     model_path: str | None = None
     """model to evaluate: a run name (text_to_sql_grpo), folder, named model or hub id; default: `model`"""
     dataset: str = "bundled"
@@ -186,10 +187,7 @@ def main() -> None:
     if s.num_examples is not None and s.num_examples < 1:
         raise UserError(f"num_examples must be >= 1 or null, got {s.num_examples}")
     csv_path = output_file(s.output_file, "eval")
-    try:
-        rows = to_sql_prompts(load_text_to_sql(s.dataset, s.split, s.num_examples))
-    except DataError as e:
-        raise UserError(str(e)) from None
+    rows = s.task_rows("text_to_sql", source=s.dataset, split=s.split, limit=s.num_examples)
     if not rows:
         raise UserError(f"{s.dataset} [{s.split}] has no rows")
     if s.judge_url:
@@ -199,15 +197,17 @@ def main() -> None:
     # 2.-3. model, generation
     model, tok = load_model_from_settings(s, trainable=False, model=s.model_path)
     t0 = time.perf_counter()
-    gen = s.generate(model, tok, [r["prompt"] for r in rows], desc="sql")
+    suffix = rows[0].get("prompt_suffix", "")  # one suffix for all rows (PromptSettings)
+    gen = s.generate(model, tok, [r["prompt"] for r in rows], prompt_suffix=suffix, desc="sql")
     seconds = time.perf_counter() - t0
+    replies = [suffix + text for text in gen.texts]  # what the rewards score: the whole reply (grpo.tasks [D2])
 
     # 4. execution, format and rewards
     columns = {"sql": [r["sql"] for r in rows], "sql_context": [r["sql_context"] for r in rows]}
-    scores = {name: rewards.get(name)(None, gen.texts, **columns) for name in REWARDS}
-    strict = rewards.get("sql_format_strict")(None, gen.texts)
+    scores = {name: rewards.get(name)(None, replies, **columns) for name in REWARDS}
+    strict = rewards.get("sql_format_strict")(None, replies)
     records = []
-    for i, (row, text) in enumerate(zip(rows, gen.texts)):
+    for i, (row, text) in enumerate(zip(rows, replies)):
         sql = extract_sql(text)
         result = run_sql(row["sql_context"], sql) if sql else None
         match = execution_match(row["sql_context"], row["sql"], sql)  # None: the gold itself fails

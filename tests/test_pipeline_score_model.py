@@ -255,6 +255,15 @@ def test_make_dataset_then_train_then_evaluate(env, monkeypatch, capsys):
     assert math.isfinite(result["mean_reward"]) and -1.0 <= result["mean_reward"] <= 1.0
     assert (out / "eval" / "score_eval.png").stat().st_size > 1000 and "mse" in p.out
 
+    # The recipe's prompt settings: the priming text is part of the scored reply, as in training.
+    primed = "<think>\nmatches\n</think>\n<score>\n0.5\n</score>"
+    run_in_process("eval_score_model.py", "--config", CONFIG, "--model-path", "score_model_grpo", "--dataset", data,
+                   "--max-new-tokens", 2, "--prompt-suffix", primed, "--system-prompt", "Score it.",
+                   "--output-file", "primed.csv", env=env, monkeypatch=monkeypatch, capsys=capsys)
+    with open(out / "eval" / "primed.csv", newline="", encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert all(r["generated_text"].startswith(primed) and float(r["predicted_score"]) == 0.5 for r in table)
+
 
 @pytest.mark.parametrize("script, args, message", [
     ("make_cot_dataset.py", ["--dataset", "missing.jsonl"], "no such file"),

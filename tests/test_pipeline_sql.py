@@ -105,6 +105,15 @@ def test_cleanse_then_train_then_evaluate_with_a_judge(env, tmp_path, judge, mon
     assert (out / "eval" / "sql_eval.csv").read_text().startswith("id,sql_prompt,gold_sql,generated_text")
     assert "execution_accuracy" in p.out
 
+    # The recipe's prompt settings: the priming text is part of the scored reply, as in training.
+    primed = "<reasoning>\nAll rows.\n</reasoning>\n<sql>\nSELECT 1;\n</sql>"
+    run_in_process("eval_sql.py", "--config", CONFIG, "--model-path", "text_to_sql_grpo", "--dataset", clean,
+                   "--max-new-tokens", 2, "--prompt-suffix", primed, "--system-prompt", "Write SQL.",
+                   "--output-file", "primed.csv", env=env, monkeypatch=monkeypatch, capsys=capsys)
+    rows = [json.loads(line) for line in (out / "eval" / "primed.jsonl").read_text().splitlines()]
+    assert all(r["generated_text"].startswith(primed) and r["extracted_sql"] == "SELECT 1;" for r in rows)
+    assert json.loads((out / "eval" / "primed.json").read_text())["valid_sql_rate"] == 1.0
+
 
 @pytest.mark.parametrize("content, expected", [
     ('{"sql_score": "4", "reasoning_score": 5, "format_score": 3, "educational_score": 2, "error_type": "JOIN"}',
