@@ -34,7 +34,10 @@ def save_model(model, tokenizer, path: str | Path, *, base_name: str | None = No
     path = Path(path)
     model = _unwrap(model)
     with atomic_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if hasattr(model, "peft_config"):  # the trained adapter only, not a frozen KL reference copy
+            model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[model.active_adapter])
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         adapter_cfg = tmp / "adapter_config.json"
@@ -70,7 +73,7 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None) 
     if adapter.is_file():
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(adapter))
+        set_peft_model_state_dict(model, load_file(adapter), adapter_name=model.active_adapter)
     else:
         state = {}
         for f in sorted(weights_dir.glob("*.safetensors")):

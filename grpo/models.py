@@ -17,6 +17,11 @@ What `name_or_path` may be, tried in this order:
 [D3] 4-bit is NF4 with double quantisation from bitsandbytes (it runs on the CPU from 0.45 on);
      LoRA adapters then train in fp32 on top of the frozen 4-bit base.
 [D4] `trust_remote_code` is off unless asked for: a hub id should not run code by default.
+[D5] Training on from an adapter (an SFT run) with a KL term: the reference policy is the model as
+     loaded — base + that adapter — as in TRL's GRPOTrainer, not the bare base. `add_reference_adapter`
+     keeps a frozen copy of the loaded adapter under the name "ref" (LoRA-sized, no second base model);
+     `grpo.policy.reference_policy` switches to it. A fresh LoRA adapter starts as the base (B = 0),
+     so there the reference is simply the adapter switched off.
 """
 from __future__ import annotations
 
@@ -235,6 +240,34 @@ def adapter_base_name(name_or_path: str, *, cache_dir: str | os.PathLike | None 
     adapter (an SFT run), `load_model` trains that adapter further, so its base; otherwise the name."""
     adapter = Path(resolve_model_path(name_or_path, cache_dir=cache_dir)) / "adapter_config.json"
     return _adapter_base(adapter) if adapter.is_file() else name_or_path
+
+
+def is_adapter(name_or_path: str, *, cache_dir: str | os.PathLike | None = None) -> bool:
+    """True when `name_or_path` resolves to a PEFT adapter folder (e.g. an SFT run with LoRA)."""
+    if name_or_path in NAMED_MODELS:
+        return False
+    return (Path(resolve_model_path(name_or_path, cache_dir=cache_dir)) / "adapter_config.json").is_file()
+
+
+REFERENCE_ADAPTER = "ref"
+
+
+def add_reference_adapter(model) -> None:
+    """Keep a frozen copy of `model`'s active adapter as the reference policy of the KL term [D5]."""
+    peft_model = getattr(model, "module", model)
+    active = peft_model.active_adapter
+    peft_model.add_adapter(REFERENCE_ADAPTER, peft_model.peft_config[active])
+    params = dict(peft_model.named_parameters())
+    copied = 0
+    for name, param in params.items():
+        if f".{active}." in name:
+            ref = params[name.replace(f".{active}.", f".{REFERENCE_ADAPTER}.")]
+            with torch.no_grad():
+                ref.copy_(param)
+            ref.requires_grad_(False)
+            copied += 1
+    if not copied:
+        raise ModelLoadError(f"adapter {active!r} has no parameters to copy as the KL reference")
 
 
 def _adapter_base(adapter_config: Path) -> str:

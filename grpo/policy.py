@@ -12,6 +12,8 @@
      never exist. A head that is not a plain Linear (LoRA on the head, soft-capping) falls back to
      materialised logits through `kernels.token_logprobs_and_entropy`.
 [D4] The reference policy of a LoRA run is the same model with the adapter disabled: no second copy.
+     When training continues an existing adapter, the reference is a frozen copy of it instead
+     (grpo.models.add_reference_adapter [D5]), so the KL anchors to the model as loaded, as in TRL.
 [D5] Shared prompt: the G completions of a group share one prompt, so the decoder runs each distinct
      prompt once, keeps its KV cache, repeats the cache along the batch and then runs only the
      completions on top of it (ALGORITHMS.md §2: the same equations, ≈ G× fewer prompt FLOPs and
@@ -113,12 +115,26 @@ def _shared_prompt_hidden(lm, prompt_ids, completion_ids, mask, position_ids, fi
 
 @contextlib.contextmanager
 def reference_policy(model, ref_model=None):
-    """Yield the reference policy: `ref_model` if given, else `model` with its LoRA adapter off [D4]."""
+    """Yield the reference policy: `ref_model` if given, else `model` with its frozen reference adapter
+    active when it has one, else `model` with its LoRA adapter off [D4]."""
     if ref_model is not None:
         yield ref_model
         return
+    from grpo.models import REFERENCE_ADAPTER
+
     peft_model = getattr(model, "module", model)
     if not hasattr(peft_model, "disable_adapter"):
         raise ValueError("beta > 0 without LoRA needs a separate reference model (ref_model=...)")
-    with peft_model.disable_adapter():
+    if REFERENCE_ADAPTER not in getattr(peft_model, "peft_config", {}):
+        with peft_model.disable_adapter():
+            yield model
+        return
+    active = peft_model.active_adapter
+    trainable = {p: p.requires_grad for p in peft_model.parameters()}  # set_adapter changes requires_grad
+    peft_model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+    try:
         yield model
+    finally:
+        peft_model.set_adapter(active)
+        for p, flag in trainable.items():
+            p.requires_grad_(flag)

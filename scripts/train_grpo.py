@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from grpo import distributed as dd  # noqa: E402
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.loop import train_steps  # noqa: E402
-from grpo.models import adapter_base_name, load_model_from_settings  # noqa: E402
+from grpo.models import (add_reference_adapter, adapter_base_name, is_adapter,  # noqa: E402
+                         load_model_from_settings)
 from grpo.plots import plot_reward_curve  # noqa: E402
 from grpo.run import RunDir, run_folder, seed_everything  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
@@ -75,6 +76,8 @@ def main() -> None:
     ref_model = None
     if s.beta > 0 and not s.use_lora:
         ref_model, _ = load_model_from_settings(s, model=model_name, trainable=False)
+    elif s.beta > 0 and is_adapter(model_name, cache_dir=s.model_cache_dir or None):
+        add_reference_adapter(model)  # the KL anchors to the adapter as loaded, not the bare base
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = s.make_optimizer(params, total_steps=s.max_steps * s.num_iterations)
     trainer = GRPOTrainer(s, model, tok, task, optimizer, scheduler, ref_model=ref_model)

@@ -63,7 +63,8 @@ from grpo import distributed as dd  # noqa: E402
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.data.rows import DataError  # noqa: E402
 from grpo.loop import train_steps  # noqa: E402
-from grpo.models import adapter_base_name, load_model_from_settings  # noqa: E402
+from grpo.models import (add_reference_adapter, adapter_base_name, is_adapter,  # noqa: E402
+                         load_model_from_settings)
 from grpo.plots import plot_reward_curve  # noqa: E402
 from grpo.run import RunDir, atomic_write_json, run_folder, seed_everything  # noqa: E402
 from sega.data import load_pairs  # noqa: E402
@@ -96,6 +97,8 @@ def main() -> None:
         raise UserError("the model has no trainable parameters (load_in_4bit needs use_lora)")
     base_name = adapter_base_name(s.model, cache_dir=s.model_cache_dir or None)
     ref_model = load_model_from_settings(s, trainable=False)[0] if s.kl_coef > 0 and not s.use_lora else None
+    if s.kl_coef > 0 and ref_model is None and is_adapter(s.model, cache_dir=s.model_cache_dir or None):
+        add_reference_adapter(model)  # the KL anchors to the SFT adapter as loaded, not the bare base
     run = RunDir(run_folder(s.run_name))
     if rank == 0:
         run.save_config(s)

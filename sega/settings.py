@@ -83,8 +83,8 @@ class SegaSettings(RunSettings, OptimSettings, ModelSettings):
     epsilon_high: float = 0.2
     """ε_high of the ratio clip (num_iterations > 1)"""
     kl_coef: float = 0.0
-    """k3 KL coefficient; 0 = no reference pass. With LoRA the reference is the adapter switched off: the
-    base model, before SFT when an SFT adapter is trained further"""
+    """k3 KL coefficient; 0 = no reference pass. The reference is the model as loaded: with an SFT adapter
+    trained further, a frozen copy of it (as in TRL); with a fresh LoRA adapter, the adapter switched off"""
     beta: float = 1.0
     """β of the implicit reward r(q, a) = β·Σ lp used by the final preference evaluation"""
     # --- optimisation

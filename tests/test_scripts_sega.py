@@ -52,7 +52,7 @@ def test_sft_then_sega_then_eval_with_the_readme_flags(env, tmp_path, in_process
     run("train_sega.py", "--model_name_or_path", out / "sft-demo", "--train_jsonl", "bundled", "--out_dir",
         out / "sega-demo", "--k", 4, "--lambda_fork", 0.4, "--top_m", 0.1, "--reward_mapping", "softmax",
         "--beta", 1.0, "--gen_max_new_tokens", 8, "--temperature", 1.0, "--top_p", 0.95, "--epochs", 1,
-        "--lr", 5e-6, "--batch_size", 1, "--dataset-limit", 2, env=env)
+        "--lr", 5e-6, "--batch_size", 1, "--dataset-limit", 2, "--kl-coef", 0.05, env=env)
     sega = out / "sega-demo"
     config = json.loads((sega / "config.json").read_text())
     assert (config["model"], config["dataset"], config["learning_rate"], config["k"], config["lambda_fork"],
@@ -63,6 +63,7 @@ def test_sft_then_sega_then_eval_with_the_readme_flags(env, tmp_path, in_process
     assert all(r["valid_frac"] > 0 and r["completion_length"] <= 8 for r in rows)
     adapter = json.loads((sega / "final" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "tiny-llama"  # the SFT adapter's base, not its folder
+    assert rows[0]["kl"] < 1e-6 and not list(sega.rglob("ref"))  # KL to the frozen SFT copy, never saved
     assert (sega / "score_curve.png").stat().st_size > 1000 and (sega / "checkpoints" / "step-000002").is_dir()
     held_out = json.loads((sega / "pref_accuracy.json").read_text())
     assert held_out["n"] == 48 and held_out["split"] == "test"  # the bundled held-out split

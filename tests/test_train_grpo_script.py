@@ -93,16 +93,27 @@ def test_bad_input_is_one_line_and_nonzero_exit(env, args, message):
 
 def test_training_on_from_an_adapter_saves_an_adapter_of_the_original_base(env, tmp_path):
     """--base-model an adapter run (the GSM8K pipeline's rl_sft_model): the adapter is trained further, so
-    the saved one must name the adapter's own base (naming the run folder made it fail to load)."""
+    the saved one must name the adapter's own base (naming the run folder made it fail to load), and the KL
+    reference is that adapter as loaded (it was the bare base)."""
     import torch
     from peft import PeftModel
     from grpo.models import load_model
 
-    assert run([*TINY, "--max-steps", "1", "--run-name", "first"], env).returncode == 0
-    out = run([*TINY, "--max-steps", "1", "--run-name", "second", "--base-model", "first"], env)
+    from grpo.checkpoint import save_model
+
+    sft, tok = load_model("tiny-llama", cache_dir=env["GRPO_CACHE_DIR"], use_lora=True, lora_r=4)
+    torch.manual_seed(0)
+    for name, p in sft.named_parameters():  # an adapter that changes the model, as an SFT run's does
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    save_model(sft, tok, tmp_path / "outputs" / "first" / "final", base_name="tiny-llama")
+    out = run([*TINY, "--max-steps", "1", "--run-name", "second", "--base-model", "first", "--beta", "0.1"], env)
     assert out.returncode == 0, out.stderr[-3000:]
     final = tmp_path / "outputs" / "second" / "final"
     assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-llama"
+    kl = read_metrics(tmp_path / "outputs" / "second" / "metrics.jsonl")[0]["kl"]
+    assert 0 <= kl < 1e-6  # step 1 samples from the reference itself: the loaded adapter, not the bare base
+    assert not list((tmp_path / "outputs" / "second").rglob("ref"))  # the frozen reference copy is never saved
     base, _ = load_model("tiny-llama", cache_dir=env["GRPO_CACHE_DIR"], trainable=False)
     expected = PeftModel.from_pretrained(base, final).eval()
     loaded, _ = load_model(str(tmp_path / "outputs" / "second"), cache_dir=env["GRPO_CACHE_DIR"], trainable=False)
