@@ -131,7 +131,7 @@ def reference_policy(model, ref_model=None):
         return
     active = peft_model.active_adapter
     trainable = {p: p.requires_grad for p in peft_model.parameters()}  # set_adapter changes requires_grad
-    peft_model.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+    peft_model.set_adapter(REFERENCE_ADAPTER)  # (flags restored below: works on every peft >= 0.17)
     try:
         yield model
     finally:
