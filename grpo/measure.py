@@ -15,11 +15,12 @@ from pathlib import Path
 def proc_status_mb(key: str) -> float:
     """A memory field of /proc/self/status (VmRSS, VmHWM, …) in MiB; NaN where there is none."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+        status = Path("/proc/self/status").read_text()
+    except OSError:  # not Linux
+        return math.nan
+    for line in status.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
     return math.nan
 
 
@@ -81,9 +82,10 @@ def package_versions(packages: tuple[str, ...] = ("torch", "transformers", "peft
 def cpu_name() -> str:
     """The CPU's model name from /proc/cpuinfo ("cpu" where there is none)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return "cpu"
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return "cpu"

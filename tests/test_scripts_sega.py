@@ -63,7 +63,10 @@ def test_sft_then_sega_then_eval_with_the_readme_flags(env, tmp_path, in_process
     assert all(r["valid_frac"] > 0 and r["completion_length"] <= 8 for r in rows)
     adapter = json.loads((sega / "final" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "tiny-llama"  # the SFT adapter's base, not its folder
-    assert rows[0]["kl"] < 1e-6 and not list(sega.rglob("ref"))  # KL to the frozen SFT copy, never saved
+    # kl_coef > 0 after SFT: the KL term runs (step 1 samples from its reference) and the frozen reference
+    # copy is never saved; that the reference is the SFT adapter, not the base, is tested where the adapter
+    # differs from the base (tests/test_reference_policy.py, test_train_grpo_script.py)
+    assert rows[0]["kl"] < 1e-6 and not list(sega.rglob("ref"))
     assert (sega / "score_curve.png").stat().st_size > 1000 and (sega / "checkpoints" / "step-000002").is_dir()
     held_out = json.loads((sega / "pref_accuracy.json").read_text())
     assert held_out["n"] == 48 and held_out["split"] == "test"  # the bundled held-out split
