@@ -4,14 +4,18 @@
         adapter_model.safetensors + adapter_config.json    (LoRA: standard PEFT format), or
         model.safetensors + config.json                   (full weights)
         tokenizer files
-        trainer_state.pt    optimiser, scheduler, RNG states, step, data-order state
-        trainer_state.json  the human-readable part (step, metrics of the step, settings)
+        trainer_state.pt    optimiser, scheduler, every rank's RNG states, step, data-order state
+        trainer_state.json  the human-readable part (step, ranks, sha256 of each rank's trainable weights)
 
 [D1] A checkpoint folder is complete or absent: it is written into a temporary folder and renamed
      (grpo.run.atomic_dir). `--resume` takes the newest complete one.
 [D2] The adapter's `base_model_name_or_path` is rewritten to the name the run loaded (e.g.
      `smollm2-135m`), so `load_model(<checkpoint>)` finds the base again on any machine.
 [D3] Only the newest `keep` checkpoints are kept; `final/` is never deleted.
+[D4] Several ranks: the weights and optimiser are the same on every rank (grpo.distributed [D3]) and
+     rank 0 writes them; each rank's RNG states differ (each samples its own completions), so all of
+     them are gathered into the checkpoint and each rank restores its own on resume. A run resumed on
+     more ranks than wrote the checkpoint starts the extra ranks' streams from their seed.
 """
 from __future__ import annotations
 
@@ -50,20 +54,26 @@ def save_model(model, tokenizer, path: str | Path, *, base_name: str | None = No
 
 def save_checkpoint(path: str | Path, *, model, tokenizer, optimizer, scheduler=None, step: int,
                     data_state: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
-                    base_name: str | None = None) -> Path:
-    """Write a complete resumable checkpoint folder [D1]."""
+                    base_name: str | None = None, rng_states: list[dict[str, Any]] | None = None) -> Path:
+    """Write a complete resumable checkpoint folder [D1]; `rng_states` holds every rank's RNG states in
+    rank order [D4] (default: this process's alone)."""
     path = Path(path)
     with atomic_dir(path) as tmp:
         save_model(model, tokenizer, tmp / "model", base_name=base_name)
         torch.save({"step": step, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "rng": rng_state(), "data": data_state or {}}, tmp / "trainer_state.pt")
+                    "rng_per_rank": rng_states or [rng_state()], "data": data_state or {}},
+                   tmp / "trainer_state.pt")
         atomic_write_json(tmp / "trainer_state.json", {"step": step, **(info or {})})
     return path
 
 
-def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None) -> dict[str, Any]:
-    """Restore weights, optimiser, scheduler and RNG from `path`; returns {"step", "data"}."""
+def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, rank: int = 0) -> dict[str, Any]:
+    """Restore weights, optimiser, scheduler and `rank`'s RNG states [D4] from `path`.
+
+    Returns {"step", "data", "ranks"}: ranks = how many ranks' RNG states the checkpoint holds (when
+    `rank` ≥ ranks, this process's RNG is left as seeded).
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -87,8 +97,10 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None) 
         optimizer.load_state_dict(state["optimizer"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return {"step": state["step"], "data": state.get("data", {})}
+    rngs = state["rng_per_rank"] if "rng_per_rank" in state else [state["rng"]]  # "rng": one-process format
+    if rank < len(rngs):
+        set_rng_state(rngs[rank])
+    return {"step": state["step"], "data": state.get("data", {}), "ranks": len(rngs)}
 
 
 def prune_checkpoints(folder: str | Path, *, keep: int) -> None:

@@ -15,6 +15,8 @@
 [D7] `aliases` rename flags of the original systems' commands (`--lr` → `--learning_rate`).
 [D5] Errors users cause (config, data, model paths) are `UserError`s; `cli_main` prints them as one
      line `error: ...` and exits with status 2, never with a traceback from inside a library.
+[D8] Under torchrun an error that every rank raises alike is printed by rank 0 only (all ranks still
+     exit with 2); an error of one rank (its node lacks a file) is printed by that rank.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import os
 import sys
 import textwrap
 import types
@@ -35,11 +38,24 @@ S = TypeVar("S")
 
 
 class UserError(Exception):
-    """A problem with what the user gave us (config, data, paths): reported without a traceback [D5]."""
+    """A problem with what the user gave us (config, data, paths): reported without a traceback [D5].
+
+    `every_rank`: every torchrun rank raises the same error (a bad setting, a checkpoint the ranks
+    disagree on), so only rank 0 prints it [D8].
+    """
+
+    every_rank = False
+
+    def __init__(self, message: str, *, every_rank: bool | None = None):
+        super().__init__(message)
+        if every_rank is not None:
+            self.every_rank = every_rank
 
 
 class ConfigError(UserError, ValueError):
-    """A setting that is unknown, of the wrong type, or unreadable from its file."""
+    """A setting that is unknown, of the wrong type, or unreadable from its file (the same on every rank)."""
+
+    every_rank = True
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -285,7 +301,8 @@ def cli_main(main: Callable[[], Any]) -> None:
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not (e.every_rank and int(os.environ.get("RANK", "0")) != 0):  # [D8]
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -1,6 +1,16 @@
 """Data parallelism without a wrapper: each rank samples its own prompts, gradients are summed.
 
-Launch with `torchrun --nproc_per_node K scripts/train_grpo.py ...` (gloo on CPU, NCCL on GPU).
+Launch with `torchrun --nproc_per_node K scripts/train_grpo.py ...`; the backend follows `--device`
+(gloo for the CPU, NCCL for CUDA), and "cuda"/"auto" mean this rank's GPU, cuda:LOCAL_RANK.
+
+What DistributedDataParallel would do for us, and where we do it instead (STYLE.md, nanoGPT):
+    initial weights   `broadcast_trainable` copies rank 0's trainable tensors to every rank right
+                      after loading (a fresh LoRA adapter is random per rank otherwise) [D3]
+    gradients         `sum_gradients`, once per optimiser step [D1]
+    buffers           none of ours change during training (rotary tables are computed from the
+                      config; frozen and 4-bit weights are read from the same files): nothing to sync
+    replicas checked  `check_replicas` compares a sha256 of every rank's trainable tensors at every
+                      checkpoint and stops the run if they differ [D4]
 
 [D1] No DistributedDataParallel: the losses are already normalised by whole-batch counts (all ranks,
      grpo.loss [D1]), so the full-batch gradient is the *sum* of the ranks' gradients, all-reduced once
@@ -8,23 +18,50 @@ Launch with `torchrun --nproc_per_node K scripts/train_grpo.py ...` (gloo on CPU
      forward pass free to call the decoder and LM head separately (grpo.policy) and is easy to audit.
 [D2] Counts and stats cross ranks through `all_reduce_sum` / `all_gather_rows`; with one process they
      are the identity, so single-process code pays nothing.
+[D3] Ranks seed differently (seed + rank) so that they sample different completions; that seed also
+     initialises a fresh LoRA adapter, hence the broadcast. Every rank then applies the same summed
+     gradient with the same AdamW, so the replicas stay bit-identical.
+[D4] Everything named "collective" below must be called by every rank in the same order.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 
-def init_distributed() -> tuple[int, int]:
-    """(rank, world_size); starts the process group when launched by torchrun with more than one rank."""
+def env_rank() -> int:
+    """This process's global rank from torchrun's environment (0 without torchrun), before any init."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    """This process's rank on its node (torchrun's LOCAL_RANK; 0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def backend_for(device: str) -> str:
+    """gloo for the CPU, NCCL for CUDA: the backend follows the device the model trains on."""
+    from grpo.models import resolve_device
+
+    return "nccl" if resolve_device(device).type == "cuda" else "gloo"
+
+
+def init_distributed(device: str = "auto") -> tuple[int, int]:
+    """(rank, world_size); starts the process group when launched by torchrun with more than one rank.
+
+    The backend follows `device` (`backend_for`); with CUDA this process's current device becomes
+    cuda:LOCAL_RANK, so that NCCL, Triton launches and `device="cuda"` all mean this rank's GPU.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        backend = backend_for(device)
         if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_rank())
+        dist.init_process_group(backend=backend)
     return rank(), world_size()
 
 
@@ -36,12 +73,26 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def barrier() -> None:
+    """Wait for every rank (collective; a no-op with one process)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """Σ over ranks (a new tensor; the identity with one process) [D2]."""
     x = x.clone()
     if world_size() > 1:
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is True on any rank (collective), e.g. a Ctrl-C seen by one rank."""
+    if world_size() == 1:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0)
 
 
 def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
@@ -53,8 +104,17 @@ def all_gather_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, 0)
 
 
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's picklable `obj`, in rank order (collective; [obj] with one process)."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def sum_gradients(params: list[torch.Tensor]) -> None:
-    """Replace each gradient by its sum over ranks, in one flat all-reduce [D1]."""
+    """Replace each gradient by its sum over ranks, in one flat all-reduce [D1] (collective)."""
     if world_size() == 1:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -65,3 +125,36 @@ def sum_gradients(params: list[torch.Tensor]) -> None:
         n = g.numel()
         p.grad = flat[offset:offset + n].view_as(p).clone()
         offset += n
+
+
+def broadcast_trainable(model) -> int:
+    """Copy rank 0's trainable tensors to every rank, in place [D3] (collective). Returns their count."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if world_size() > 1:
+        with torch.no_grad():
+            for p in params:
+                dist.broadcast(p.data, src=0)
+    return len(params)
+
+
+def fingerprint(params: list[torch.Tensor]) -> str:
+    """sha256 of the bytes of `params` in order: equal strings mean bit-identical tensors."""
+    h = hashlib.sha256()
+    for p in params:
+        t = p.detach().contiguous().cpu()
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def check_replicas(params: list[torch.Tensor], *, what: str) -> list[str]:
+    """Every rank's `fingerprint(params)` (collective) [D4]; raises on every rank if any differs.
+
+    Returns the fingerprints in rank order (recorded in checkpoints as proof of identical replicas).
+    """
+    prints = all_gather_objects(fingerprint(params))
+    differ = [r for r, fp in enumerate(prints) if fp != prints[0]]
+    if differ:
+        raise RuntimeError(f"{what}: the trainable weights of rank(s) {differ} differ from rank 0's "
+                           f"({len(params)} tensors); the replicas have diverged, stopping")
+    return prints

@@ -1,11 +1,20 @@
 """The step loop that scripts/train_grpo.py and scripts/train_sega.py share.
 
-    resume   --resume: model, optimiser, schedule, RNG and data order from the run's newest checkpoint
+    resume   --resume: model, optimiser, schedule, RNG and data order from the run's newest checkpoint;
+             every rank must find the same one, or the run stops with one error naming the rank [L1]
     steps    metrics = trainer.step(); rank 0 logs every logging_steps (metrics.jsonl, progress bar)
              and writes a checkpoint every save_steps
     Ctrl-C   the step in flight finishes, a checkpoint is written, the loop returns `interrupted`
              (the scripts then exit with 130; `--resume` continues from that step)
     end      rank 0 writes the last checkpoint and final/ (adapter or full weights + tokenizer)
+
+[L1] Several ranks read one run folder: multi-node runs need it on a filesystem every node sees. A
+     rank that finds another checkpoint (or none) than rank 0 stops the run before any step, on every
+     rank, instead of silently starting at step 0 and hanging in the first collective.
+[L2] A checkpoint is collective: every rank's RNG states and a sha256 of its trainable weights are
+     gathered (grpo.distributed.check_replicas stops the run if the replicas differ), rank 0 writes.
+[L3] Ctrl-C may reach one rank only: the stop is agreed across ranks after every step, so all ranks
+     write the checkpoint together.
 
 A trainer is anything with `step() -> dict[str, float]` and a `sampler` whose `state()` / `load_state()`
 capture the data order (GRPOTrainer, SegaTrainer).
@@ -17,8 +26,10 @@ import sys
 import time
 from dataclasses import dataclass
 
+from grpo import distributed as dd
 from grpo.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint, save_model
-from grpo.run import MetricsWriter, RunDir, RunSettings, progress
+from grpo.config import UserError
+from grpo.run import MetricsWriter, RunDir, RunSettings, progress, rng_state
 
 
 @dataclass
@@ -35,22 +46,31 @@ def train_steps(trainer, *, s: RunSettings, run: RunDir, model, tokenizer, optim
     (module docstring). `base_name` is what saved adapters record as their base model;
     `postfix` names the metrics shown beside the progress bar."""
     start = 0
-    latest = run.latest_checkpoint()
-    if s.resume and latest is not None:
-        state = load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
+    latest = agreed_checkpoint(run) if s.resume else None  # [L1]
+    if latest is not None:
+        state = load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
         start = state["step"]
         trainer.sampler.load_state(state["data"]["sampler"])
         if rank == 0:
             print(f"resumed from {latest} at step {start}", file=sys.stderr)
+            if state["ranks"] != dd.world_size():
+                print(f"note: the checkpoint holds the RNG states of {state['ranks']} rank(s), this run has "
+                      f"{dd.world_size()}: ranks without one keep their seed's stream", file=sys.stderr)
     elif s.resume and rank == 0:
         print(f"--resume: no checkpoint in {run.checkpoints}; starting from step 0", file=sys.stderr)
 
-    def checkpoint(step: int) -> None:
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def checkpoint(step: int) -> None:  # collective [L2]
+        rng_states = dd.all_gather_objects(rng_state())
+        replicas = dd.check_replicas(params, what=f"checkpoint of step {step}")
         if rank == 0:
             save_checkpoint(run.checkpoint(step), model=model, tokenizer=tokenizer, optimizer=optimizer,
                             scheduler=scheduler, step=step, data_state={"sampler": trainer.sampler.state()},
-                            base_name=base_name)
+                            base_name=base_name, rng_states=rng_states,
+                            info={"world_size": len(replicas), "trainable_sha256": replicas})
             prune_checkpoints(run.checkpoints, keep=s.save_total_limit)
+        dd.barrier()
 
     interrupted: list[bool] = []
     previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
@@ -65,7 +85,7 @@ def train_steps(trainer, *, s: RunSettings, run: RunDir, model, tokenizer, optim
             if writer is not None and (step % s.logging_steps == 0 or step == max_steps):
                 writer.log(step, metrics)
                 bar.set_postfix({k: f"{metrics[k]:.4g}" for k in postfix if k in metrics})
-            if interrupted:
+            if dd.any_rank(bool(interrupted)):  # [L3]
                 checkpoint(step)
                 if rank == 0:
                     print(f"\ninterrupted: saved {run.checkpoint(step)}; continue with --resume", file=sys.stderr)
@@ -81,3 +101,19 @@ def train_steps(trainer, *, s: RunSettings, run: RunDir, model, tokenizer, optim
         if writer is not None:
             writer.close()
         signal.signal(signal.SIGINT, previous_handler)
+
+
+def agreed_checkpoint(run: RunDir):
+    """The newest checkpoint of `run`, the same on every rank, or None (collective) [L1].
+
+    Raises a `UserError` on every rank (printed once, by rank 0) when the ranks disagree.
+    """
+    latest = run.latest_checkpoint()
+    seen = dd.all_gather_objects(None if latest is None else latest.name)
+    odd = [r for r, name in enumerate(seen) if name != seen[0]]
+    if odd:
+        found = "; ".join(f"rank {r}: {seen[r] or 'no checkpoint'}" for r in odd)
+        raise UserError(f"--resume: rank 0 finds {seen[0] or 'no checkpoint'} in {run.checkpoints}, but {found}. "
+                        "Every rank must see the same run folder: put outputs/ on a filesystem shared by all "
+                        "nodes (or copy the checkpoint to each)", every_rank=True)
+    return latest

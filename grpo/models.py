@@ -22,17 +22,35 @@ What `name_or_path` may be, tried in this order:
      keeps a frozen copy of the loaded adapter under the name "ref" (LoRA-sized, no second base model);
      `grpo.policy.reference_policy` switches to it. A fresh LoRA adapter starts as the base (B = 0),
      so there the reference is simply the adapter switched off.
+[D6] A CUDA device always carries its index: `cuda` and `auto` resolve to cuda:LOCAL_RANK, so each
+     torchrun rank (and bitsandbytes' device_map of a 4-bit model) lands on its own GPU, not GPU 0.
+[D7] The named-model cache is built once however many processes ask at the same time: the first
+     takes an exclusive lock beside the cache folder and builds; the others wait on the lock, then
+     find the finished folder (torchrun ranks on a fresh cache raced and read half-written folders).
+     Scripts build it before torch.distributed starts (`materialise_named_model`): once it has,
+     transformers' save_pretrained silently writes nothing on ranks other than 0, which left a folder
+     with a tokenizer and no model (each node of a run without a shared filesystem builds its own).
+[D8] GPU precision, what a TRL / verl user expects: on CUDA the forward passes (sampling, scoring,
+     the update) run under bf16 autocast while the weights, the LoRA adapter, gradients and AdamW state
+     stay in `dtype` (fp32 by default, the master copy); TF32 is on for the remaining fp32 matmuls.
+     Under autocast the decoder's matmul outputs are bf16, while its residual stream and final hidden
+     states stay fp32 (fp32 embeddings plus bf16 updates promote to fp32); the LM head, log-softmax,
+     entropy, ratios, KL, advantages and losses are fp32 (kernels/lm_head_entropy.py keeps its fp32
+     tiles whatever the autocast or TF32 state). On the CPU both are off unless asked for.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import os
+import shutil
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -72,9 +90,13 @@ class ModelSettings:
     model: str = "smollm2-135m"
     """model to load: tiny-llama, smollm2-135m, a run name, a local folder or a hub id"""
     dtype: str = "float32"
-    """weights dtype: float32, bfloat16 or float16 (bf16 is for GPUs; CPUs train best in fp32)"""
+    """weights dtype: float32, bfloat16, float16 or float64 (exact checks); see also bf16 [D8]"""
     device: str = "auto"
-    """cpu, cuda, cuda:N, or auto (cuda when available)"""
+    """cpu, cuda (this rank's GPU), cuda:N, or auto (this rank's GPU when CUDA is available, else cpu)"""
+    bf16: Optional[bool] = None
+    """bf16 autocast of the forward passes, weights kept in `dtype` [D8]; null = on for CUDA, off on the CPU"""
+    tf32: bool = True
+    """CUDA only: TF32 for fp32 matmuls outside the fused log-prob ops (PyTorch's default is off)"""
     load_in_4bit: bool = False
     """load the base weights in 4-bit NF4 through bitsandbytes (QLoRA); needs use_lora to train"""
     use_lora: bool = True
@@ -105,16 +127,32 @@ def cache_root(override: str | os.PathLike | None = None) -> Path:
 
 
 def resolve_device(device: str) -> torch.device:
+    """`auto` = this rank's GPU when CUDA exists, else the CPU; `cuda` = this rank's GPU, cuda:LOCAL_RANK
+    (torchrun's local rank, 0 without torchrun) [D6]; `cuda:N` and `cpu` as given."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
+
+
+def use_bf16(device: torch.device, bf16: bool | None) -> bool:
+    """Whether the forward passes on `device` run under bf16 autocast [D8]: the setting, or CUDA when None."""
+    return device.type == "cuda" if bf16 is None else bool(bf16)
+
+
+def autocast(device: torch.device, bf16: bool | None) -> torch.autocast:
+    """The bf16 autocast context of the trainers' forward passes on `device` [D8]."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(device, bf16))
 
 
 def _dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+             "float64": torch.float64, "fp64": torch.float64}
     if name not in table:
         raise ModelLoadError(f"unknown dtype {name!r}; valid: {', '.join(table)}")
     return table[name]
@@ -196,11 +234,41 @@ def named_model_path(name: str, *, cache_dir: str | os.PathLike | None = None) -
     path = cache_root(cache_dir) / name
     if (path / "config.json").is_file():
         return path
-    if name == "tiny-llama":
-        return build_tiny_llama(path)
-    if name == "smollm2-135m":
-        return materialise_smollm2(path)
-    raise ModelLoadError(f"unknown named model {name!r}; named models: {', '.join(NAMED_MODELS)}")
+    builders = {"tiny-llama": build_tiny_llama, "smollm2-135m": materialise_smollm2}
+    if name not in builders:
+        raise ModelLoadError(f"unknown named model {name!r}; named models: {', '.join(NAMED_MODELS)}")
+    with _exclusive_lock(path.parent / f".{name}.lock"):  # [D7]
+        if (path / "config.json").is_file():  # another process built it while we waited
+            return path
+        print(f"building the named model {name} in {path} (once)", file=sys.stderr)
+        builders[name](path)
+    if not (path / "config.json").is_file():  # [D7]: save_pretrained wrote nothing on this rank
+        shutil.rmtree(path, ignore_errors=True)
+        raise ModelLoadError(f"building {name} in {path} wrote no config.json: transformers saves nothing on "
+                             "ranks other than 0 once torch.distributed has started; call "
+                             "grpo.models.materialise_named_model before dd.init_distributed")
+    return path
+
+
+def materialise_named_model(name_or_path: str, *, cache_dir: str | os.PathLike | None = None) -> None:
+    """Build the named model behind `name_or_path` (itself, or an adapter run's base) into the cache now.
+
+    Scripts call it before torch.distributed starts [D7]: every process then builds or waits on the lock.
+    """
+    path = Path(resolve_model_path(name_or_path, cache_dir=cache_dir))
+    if (path / "adapter_config.json").is_file():
+        resolve_model_path(_adapter_base(path / "adapter_config.json"), cache_dir=cache_dir)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(lock_file: Path):
+    """Hold an exclusive advisory lock on `lock_file` (created if needed) for the block [D7]."""
+    import fcntl
+
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # released when the file is closed, also on a crash
+        yield
 
 
 def resolve_model_path(name_or_path: str, *, cache_dir: str | os.PathLike | None = None) -> str:
@@ -281,7 +349,7 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32", devic
                load_in_4bit: bool = False, use_lora: bool = False, lora_r: int = 16, lora_alpha: int = 32,
                lora_dropout: float = 0.0, lora_target_modules: list[str] | str = "all-linear",
                gradient_checkpointing: bool = False, trust_remote_code: bool = False,
-               cache_dir: str | os.PathLike | None = None, trainable: bool = True):
+               cache_dir: str | os.PathLike | None = None, trainable: bool = True, tf32: bool = True):
     """Load `(model, tokenizer)` from any source in the module docstring.
 
     A PEFT adapter folder loads its base and then the adapter (trainable when `trainable`); with
@@ -296,6 +364,9 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32", devic
         if adapter_dir else path
     torch_dtype = _dtype(dtype)
     dev = resolve_device(device)
+    if dev.type == "cuda":  # [D8]
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
     kwargs: dict[str, Any] = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code)  # [D4]
     if load_in_4bit:  # [D3]
         from transformers import BitsAndBytesConfig
@@ -304,7 +375,7 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32", devic
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute)
-        kwargs["device_map"] = {"": dev.index or 0} if dev.type == "cuda" else {"": "cpu"}
+        kwargs["device_map"] = {"": dev.index} if dev.type == "cuda" else {"": "cpu"}  # [D6]
     try:
         model = AutoModelForCausalLM.from_pretrained(base_path, **kwargs)
     except OSError as e:
@@ -340,7 +411,7 @@ def load_model_from_settings(s: ModelSettings, *, trainable: bool = True, model:
                       lora_dropout=s.lora_dropout, lora_target_modules=s.lora_target_modules,
                       gradient_checkpointing=s.gradient_checkpointing,
                       trust_remote_code=s.trust_remote_code, cache_dir=s.model_cache_dir or None,
-                      trainable=trainable)
+                      trainable=trainable, tf32=s.tf32)
 
 
 def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[str] | str,

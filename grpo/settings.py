@@ -112,8 +112,6 @@ class GRPOSettings(RunSettings, OptimSettings, TaskSettings):
     """generation batches to train on"""
     micro_batch_size: int = 8
     """sequences per forward/backward pass (gradient accumulation over the batch)"""
-    bf16: bool = False
-    """bf16 autocast on GPU (CPUs run in fp32)"""
     # --- run (and RunSettings: seed, logging_steps, save_steps, save_total_limit, resume, tensorboard)
     run_name: str = "grpo"
     """run folder: a name under outputs/ ($GRPO_OUTPUT_ROOT) or a path containing '/'"""

@@ -29,11 +29,16 @@ Implementation details:
 [D5] Token mean over the whole optimiser step: each micro-batch's *sum* is divided by |C| of the step,
      so gradient accumulation gives exactly the gradient of one big batch (a mean of micro-batch means
      would weight the tokens of short micro-batches more).
-[D6] Cross-entropy runs in fp32 whatever the model dtype, on the labelled positions only (they are
-     gathered first, so the prompt's logits are never copied to fp32).
+[D6] Cross-entropy runs in fp32 whatever the model dtype (fp64 for a float64 model), on the labelled
+     positions only (they are gathered first, so the prompt's logits are never copied to fp32).
+[D7] Several ranks (torchrun): every rank holds all examples and draws the same step order; rank r
+     trains on examples r, r + K, … of each step, the normaliser |C| counts the whole step, and the
+     gradients are summed over ranks (grpo.distributed [D1]), so a step's update does not depend on
+     the number of ranks. Rank 0 writes metrics.jsonl and final/.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -43,7 +48,9 @@ from typing import Any, Iterator, Literal
 import torch
 import torch.nn.functional as F
 
+from grpo import distributed as dd
 from grpo.checkpoint import save_model
+from grpo.models import autocast
 from grpo.optim import OptimSettings
 from grpo.run import MetricsWriter, RunDir, progress
 
@@ -134,7 +141,8 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, *, num_tokens: int | No
     assert logits.shape[:2] == labels.shape, f"logits {tuple(logits.shape)} vs labels {tuple(labels.shape)}"
     targets = labels[:, 1:]  # [B, L−1] token t, predicted at position t−1
     valid = targets != IGNORE  # [B, L−1] bool
-    z = logits[:, :-1][valid].float()  # [|C|, V] only the labelled positions are gathered [D6]
+    z = logits[:, :-1][valid]  # [|C|, V] only the labelled positions are gathered [D6]
+    z = z.to(torch.promote_types(z.dtype, torch.float32))
     y = targets[valid]  # [|C|]
     nll_sum = F.cross_entropy(z, y, reduction="sum")  # 0 when there is no labelled token
     n_here = int(valid.sum())
@@ -181,12 +189,14 @@ def step_batches(n: int, *, per_step: int, seed: int) -> Iterator[tuple[int, lis
 
 
 def train_sft(model, tokenizer, examples: list[SFTExample], *, s: SFTLoopSettings, run: RunDir,
-              base_name: str | None = None) -> dict[str, Any]:
+              base_name: str | None = None, bf16: bool | None = None) -> dict[str, Any]:
     """Fine-tune `model` on `examples`, log one metrics line per optimiser step, save `run.final`.
 
-    Returns a summary: steps, first_loss, last_loss, seconds, final (the saved folder).
+    Collective under torchrun [D7]: every rank calls it with the same examples. `bf16`: autocast of the
+    forward (grpo.models [D8]). Returns a summary: steps, first_loss, last_loss, seconds, final.
     """
     assert examples, "train_sft needs at least one example"
+    rank, world = dd.rank(), dd.world_size()
     per_step = s.batch_size * s.grad_accum
     total = s.max_steps if s.max_steps > 0 else s.epochs * math.ceil(len(examples) / per_step)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -197,25 +207,30 @@ def train_sft(model, tokenizer, examples: list[SFTExample], *, s: SFTLoopSetting
     model.train()
     losses: list[float] = []
     t_start = time.perf_counter()
-    with MetricsWriter(run.metrics_file, truncate_after_step=0) as metrics, \
-            progress(range(total), desc="sft") as bar:  # a rerun into the same folder starts a fresh log
-        for step in bar:
-            # 1. batch: this step's examples, split into micro-batches of `batch_size`
+    writer = MetricsWriter(run.metrics_file, truncate_after_step=0) if rank == 0 else contextlib.nullcontext()
+    with writer as metrics, progress(range(total), desc="sft", disable=None if rank == 0 else True) as bar:
+        for step in bar:  # (a rerun into the same folder starts a fresh log)
+            # 1. batch: this step's examples (this rank's share [D7]), in micro-batches of `batch_size`
             epoch, idx = next(batches)
-            micro = [[examples[i] for i in idx[j:j + s.batch_size]] for j in range(0, len(idx), s.batch_size)]
-            num_tokens = sum(e.num_tokens for mb in micro for e in mb)  # |C| of the step [D5]
+            num_tokens = sum(examples[i].num_tokens for i in idx)  # |C| of the whole step [D5] [D7]
+            mine = idx[rank::world]
+            micro = [[examples[i] for i in mine[j:j + s.batch_size]] for j in range(0, len(mine), s.batch_size)]
             t0 = time.perf_counter()
             # 2. loss and gradients, accumulated over micro-batches
             nll_sum, n_correct, n_seen = 0.0, 0, 0
             for mb in micro:
                 batch = {k: v.to(device) for k, v in collate(mb, pad_id=pad_id).items()}
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"].long(),
-                               use_cache=False).logits  # [b, L, V]
+                with autocast(device, bf16):
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"].long(),
+                                   use_cache=False).logits  # [b, L, V]
                 loss, st = sft_loss(logits, batch["labels"], num_tokens=num_tokens)
                 loss.backward()
                 nll_sum, n_correct, n_seen = nll_sum + st.nll_sum, n_correct + st.num_correct, \
                     n_seen + int(batch["attention_mask"].sum())
-            # 3. update: clip, AdamW step, schedule
+            # 3. update: gradient sum over ranks, clip, AdamW step, schedule
+            dd.sum_gradients(params)
+            nll_sum, n_correct, n_seen = dd.all_reduce_sum(
+                torch.tensor([nll_sum, n_correct, n_seen], dtype=torch.float64, device=device)).tolist()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -224,12 +239,15 @@ def train_sft(model, tokenizer, examples: list[SFTExample], *, s: SFTLoopSetting
             # 4. log
             seconds = time.perf_counter() - t0
             losses.append(nll_sum / max(num_tokens, 1))
+            if metrics is None:
+                continue
             metrics.log(step + 1, {"loss": losses[-1], "token_accuracy": n_correct / max(num_tokens, 1),
                                    "grad_norm": float(grad_norm), "lr": lr, "epoch": epoch,
                                    "num_tokens": num_tokens, "examples": len(idx), "seconds": seconds,
                                    "tokens_per_second": n_seen / max(seconds, 1e-9)})
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
-    # 5. save the final model (adapter or full weights) + tokenizer
-    final = save_model(model, tokenizer, run.final, base_name=base_name)
+    # 5. save the final model (adapter or full weights) + tokenizer; the replicas are checked first
+    dd.check_replicas(params, what="end of SFT")
+    final = save_model(model, tokenizer, run.final, base_name=base_name) if rank == 0 else run.final
     return {"steps": total, "first_loss": losses[0], "last_loss": losses[-1],
             "seconds": time.perf_counter() - t_start, "final": str(final)}

@@ -30,6 +30,7 @@ import torch
 from grpo import distributed as dd
 from grpo.advantages import group_advantages, overlong_penalty, weighted_rewards, zero_std_groups
 from grpo.loss import policy_loss
+from grpo.models import autocast
 from grpo.policy import completion_logprobs, reference_policy
 from grpo.rollout import Rollout, Sampling, encode_prompts, sample_group
 from grpo.tasks import task_rewards
@@ -116,8 +117,9 @@ class GRPOTrainer:
         suffix = rows[0].get("prompt_suffix", "")
         prompt_ids, prompt_mask = encode_prompts(self.tok, [r["prompt"] for r in rows], device=self.device,
                                                  generation_suffix=suffix)
-        return rows, sample_group(self.model, self.tok, prompt_ids, prompt_mask, G=self.cfg.num_generations,
-                                  sampling=self.sampling)
+        with autocast(self.device, self.cfg.bf16):
+            return rows, sample_group(self.model, self.tok, prompt_ids, prompt_mask, G=self.cfg.num_generations,
+                                      sampling=self.sampling)
 
     # 2.-3. reward and advantages ------------------------------------------------------------------
     def _score(self, rows, rollout) -> Batch:
@@ -157,8 +159,7 @@ class GRPOTrainer:
 
     # 4. update ------------------------------------------------------------------------------------
     def _logprobs(self, model, r: Rollout, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        bf16 = self.cfg.bf16 and self.device.type == "cuda"  # log-softmax and the loss stay fp32 (kernels)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(self.device, self.cfg.bf16):  # the decoder in bf16; LM head and loss fp32 (models [D8])
             return completion_logprobs(model, r.prompt_ids[sl], r.prompt_mask[sl], r.completion_ids[sl],
                                        r.completion_mask[sl], temperature=self.cfg.temperature)
 

@@ -39,11 +39,22 @@ Implementation details:
 [D8] Under no grad (rollout scoring) no autograd.Function is built and nothing is saved.
 [D9] Supported input dtypes fp32 / bf16 / fp16 (fp64 too on `reference`); results are fp32, and
      accumulation is at least fp32 whatever the input (float64 in the compiled CPU sums, [C8]).
+[D10] Autocast is off, for the input's device type, in the public function and in backward (which
+     autograd runs inside or outside the caller's autocast region, wherever `.backward()` is called):
+     under torch.autocast(dtype=bf16) a matmul returns bf16, silently breaking [D9] (issue #12).
+     This op has no matmul today, so its numbers did not change; the guard keeps the promise for
+     future code and gives the compiled CPU path one autocast state: a caller's autocast no longer
+     triggers a recompile [C2]. Keyed on the input's
+     device: a CUDA input gets CUDA autocast switched off even when only CPU autocast looks active,
+     and an outer autocast of another device acts on nothing here, since every tensor we create lives
+     on the input's device. Inputs are never cast: bf16 stays bf16 and is accumulated in fp32.
+     Not torch.amp.custom_fwd/custom_bwd: they fix one device type when the function is decorated.
 Backends: `reference` (float64 autograd, the definition), `cpu` (kernels.entropy_cpu: one compiled
 pass, chunked eager fallback), `triton` (kernels.entropy_triton); `auto` = triton on CUDA else cpu.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -103,6 +114,13 @@ def _impl(name: str):
     return entropy_cpu
 
 
+def _autocast_off(x: torch.Tensor):
+    """Autocast disabled for x's device type [D10]; nothing to disable where it has none (meta)."""
+    if not torch.amp.is_autocast_available(x.device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, enabled=False)
+
+
 def _raise_if_invalid(bad_rows: torch.Tensor, bad_ids: torch.Tensor, V: int) -> None:
     """One host sync for both checks [D4] [D5]."""
     n_rows, n_ids = torch.stack([bad_rows.sum(), bad_ids.sum()]).tolist()
@@ -142,11 +160,13 @@ class _LogpEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_logp, grad_entropy):
         x, ids, keep, m, log_s, entropy = ctx.saved_tensors
-        zero = torch.zeros((), device=x.device)
-        # Masked rows get g = 0 and are skipped by the kernels [D4] (their m may be ±inf or NaN).
-        g_lp = zero.expand_as(m) if grad_logp is None else torch.where(keep, grad_logp.float(), zero)
-        g_h = zero.expand_as(m) if grad_entropy is None else torch.where(keep, grad_entropy.float(), zero)
-        grad_x = ctx.impl.backward(x, ids, keep, m, log_s, entropy, g_lp.contiguous(), g_h.contiguous(), ctx.inv_t)
+        with _autocast_off(x):  # the whole backward in fp32 [D10]
+            zero = torch.zeros((), device=x.device)
+            # Masked rows get g = 0 and are skipped by the kernels [D4] (their m may be ±inf or NaN).
+            g_lp = zero.expand_as(m) if grad_logp is None else torch.where(keep, grad_logp.float(), zero)
+            g_h = zero.expand_as(m) if grad_entropy is None else torch.where(keep, grad_entropy.float(), zero)
+            grad_x = ctx.impl.backward(x, ids, keep, m, log_s, entropy, g_lp.contiguous(), g_h.contiguous(),
+                                       ctx.inv_t)
         return grad_x, None, None, None, None
 
 
@@ -196,10 +216,11 @@ def token_logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor, *, tempe
     if x.shape[0] * x.shape[1] == 0:  # N = 0: empty outputs, still connected to the graph
         empty = logits.sum(-1).float() * 0  # [...] (empty)
         return empty, empty.clone()
-    if backend == "reference":
-        logp, entropy = _reference(x, ids3, keep, inv_t)
-    elif torch.is_grad_enabled() and logits.requires_grad:
-        logp, entropy = _LogpEntropy.apply(x, ids3, keep, inv_t, _impl(backend))
-    else:  # [D8]
-        logp, entropy = _fused_forward(x, ids3, keep, inv_t, _impl(backend))[:2]
+    with _autocast_off(logits):  # [D10]
+        if backend == "reference":
+            logp, entropy = _reference(x, ids3, keep, inv_t)
+        elif torch.is_grad_enabled() and logits.requires_grad:
+            logp, entropy = _LogpEntropy.apply(x, ids3, keep, inv_t, _impl(backend))
+        else:  # [D8]
+            logp, entropy = _fused_forward(x, ids3, keep, inv_t, _impl(backend))[:2]
     return logp.reshape(lead), entropy.reshape(lead)

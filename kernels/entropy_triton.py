@@ -23,6 +23,8 @@ Implementation details:
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -85,13 +87,19 @@ def _block(V: int) -> tuple[int, int]:
     return block, (8 if block >= 4096 else 4)
 
 
+def _on_device_of(x: torch.Tensor):
+    # Triton launches on the current CUDA device, not x's: a run with --device cuda:1 would launch on cuda:0.
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
 def forward(x: torch.Tensor, ids: torch.Tensor, inv_t: float):
     """x (B, T, V) with last stride 1; ids (B, T) in range -> logp, entropy, m, log_s (B, T) fp32."""
     B, T, V = x.shape
     logp, entropy, m, log_s = (torch.empty(B, T, dtype=torch.float32, device=x.device) for _ in range(4))
     block, warps = _block(V)
-    _forward_kernel[(B * T,)](x, ids.contiguous(), logp, entropy, m, log_s, T, V, x.stride(0), x.stride(1),
-                              inv_t, BLOCK=block, num_warps=warps)
+    with _on_device_of(x):
+        _forward_kernel[(B * T,)](x, ids.contiguous(), logp, entropy, m, log_s, T, V, x.stride(0), x.stride(1),
+                                  inv_t, BLOCK=block, num_warps=warps)
     return logp, entropy, m, log_s
 
 
@@ -101,6 +109,7 @@ def backward(x, ids, keep, m, log_s, entropy, g_lp, g_h, inv_t: float) -> torch.
     grad = torch.empty((B, T, V), dtype=x.dtype, device=x.device)
     block, warps = _block(V)
     grid = (B * T, triton.cdiv(V, block))
-    _backward_kernel[grid](x, grad, ids.contiguous(), keep.contiguous(), m, log_s, entropy, g_lp, g_h,
-                           T, V, x.stride(0), x.stride(1), inv_t, BLOCK=block, num_warps=warps)
+    with _on_device_of(x):
+        _backward_kernel[grid](x, grad, ids.contiguous(), keep.contiguous(), m, log_s, entropy, g_lp, g_h,
+                               T, V, x.stride(0), x.stride(1), inv_t, BLOCK=block, num_warps=warps)
     return grad

@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.config import UserError, cli_main, parse_settings, settings_from_dict  # noqa: E402
 from grpo.measure import PeakRSS, package_versions, proc_status_mb  # noqa: E402
+from grpo.models import use_bf16  # noqa: E402
 from grpo.run import markdown_table, write_report  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
 
@@ -231,7 +232,8 @@ def _trl_worker(s: BenchSettings, emit, commands) -> None:
     sched = {"constant": "constant_with_warmup" if s.warmup_ratio else "constant"}.get(s.lr_scheduler, s.lr_scheduler)
     args = trl.GRPOConfig(
         output_dir=out_dir, report_to=[], save_strategy="no", logging_steps=1,
-        disable_tqdm=True, use_cpu=str(next(model.parameters()).device) == "cpu", bf16=s.bf16, seed=s.seed,
+        disable_tqdm=True, use_cpu=str(next(model.parameters()).device) == "cpu", seed=s.seed,
+        bf16=use_bf16(next(model.parameters()).device, s.bf16),
         max_steps=total, shuffle_dataset=False, activation_checkpointing=s.gradient_checkpointing,
         per_device_train_batch_size=s.micro_batch_size, gradient_accumulation_steps=N // s.micro_batch_size,
         num_generations=s.num_generations, max_completion_length=s.max_completion_length,

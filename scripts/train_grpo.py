@@ -47,7 +47,7 @@ from grpo import distributed as dd  # noqa: E402
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.loop import train_steps  # noqa: E402
 from grpo.models import (add_reference_adapter, adapter_base_name, is_adapter,  # noqa: E402
-                         load_model_from_settings)
+                         load_model_from_settings, materialise_named_model)
 from grpo.plots import plot_reward_curve  # noqa: E402
 from grpo.run import RunDir, run_folder, seed_everything  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
@@ -61,8 +61,9 @@ class TrainGRPOSettings(GRPOSettings):
 
 
 def main() -> None:
-    rank, _ = dd.init_distributed()
-    s = parse_settings(TrainGRPOSettings, description=__doc__, print_config=rank == 0, section="grpo")
+    s = parse_settings(TrainGRPOSettings, description=__doc__, print_config=dd.env_rank() == 0, section="grpo")
+    materialise_named_model(s.base_model or s.model, cache_dir=s.model_cache_dir or None)  # before torch.distributed
+    rank, _ = dd.init_distributed(s.device)  # gloo or NCCL, as the device (grpo.distributed)
     seed_everything(s.seed + rank)  # ranks sample different completions; data order is shared
     run = RunDir(run_folder(s.run_name))
     if rank == 0:
@@ -71,6 +72,7 @@ def main() -> None:
     task = s.load_task(limit=s.dataset_limit)
     model_name = s.base_model or s.model
     model, tok = load_model_from_settings(s, model=model_name)
+    dd.broadcast_trainable(model)  # the seed differs per rank: rank 0's initial adapter everywhere
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError("the model has no trainable parameters (use_lora=false loads a frozen 4-bit model?)")
     ref_model = None

@@ -64,7 +64,7 @@ from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.data.rows import DataError  # noqa: E402
 from grpo.loop import train_steps  # noqa: E402
 from grpo.models import (add_reference_adapter, adapter_base_name, is_adapter,  # noqa: E402
-                         load_model_from_settings)
+                         load_model_from_settings, materialise_named_model)
 from grpo.plots import plot_reward_curve  # noqa: E402
 from grpo.run import RunDir, atomic_write_json, run_folder, seed_everything  # noqa: E402
 from sega.data import load_pairs  # noqa: E402
@@ -87,12 +87,15 @@ def load_rows(source: str, split: str, limit: int | None = None) -> list[dict]:
 
 def main() -> None:
     # settings, data (before the slow model load, so a bad file fails fast), model
-    rank, _ = dd.init_distributed()
-    s = parse_settings(SegaSettings, description=__doc__, print_config=rank == 0, section="sega", aliases=ALIASES)
+    s = parse_settings(SegaSettings, description=__doc__, print_config=dd.env_rank() == 0, section="sega",
+                       aliases=ALIASES)
+    materialise_named_model(s.model, cache_dir=s.model_cache_dir or None)  # before torch.distributed
+    rank, _ = dd.init_distributed(s.device)  # gloo or NCCL, as the device (grpo.distributed)
     seed_everything(s.seed + rank)  # ranks sample different candidates; the data order is shared
     rows = load_rows(s.dataset, s.split, s.dataset_limit)
     eval_rows = load_rows(s.eval_dataset, s.eval_split) if s.eval_dataset and rank == 0 else []
     model, tok = load_model_from_settings(s)
+    dd.broadcast_trainable(model)  # the seed differs per rank: rank 0's initial adapter everywhere
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError("the model has no trainable parameters (load_in_4bit needs use_lora)")
     base_name = adapter_base_name(s.model, cache_dir=s.model_cache_dir or None)

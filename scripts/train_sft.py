@@ -7,6 +7,7 @@ format on GSM8K reference solutions. The prompt ends with `<start_working_out>`,
     python scripts/train_sft.py --config configs/gsm8k.json --stage full      # 1024 examples → sft_model
     python scripts/train_sft.py --config configs/gsm8k.json --stage rl_prep   # 256 examples → rl_sft_model
     python scripts/train_sft.py --config configs/gsm8k.json --stage rl_prep --dataset ../shared/data/gsm8k
+    torchrun --nproc_per_node 2 scripts/train_sft.py --config configs/gsm8k.json   # data parallel (grpo.sft [D7])
 
 Pairs (SEGA stage 1, "reflective SFT", issue 6): cross-entropy on `chosen` given the chat-formatted
 `prompt` (one user message) of preference pairs `{"prompt", "chosen", "rejected"}`; the flags of the
@@ -46,9 +47,11 @@ from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from grpo import distributed as dd  # noqa: E402
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.data import DataError, load_gsm8k, to_working_out_prompts  # noqa: E402
-from grpo.models import ModelSettings, adapter_base_name, load_model_from_settings  # noqa: E402
+from grpo.models import (ModelSettings, adapter_base_name, load_model_from_settings,  # noqa: E402
+                         materialise_named_model)
 from grpo.run import RunDir, run_folder, seed_everything  # noqa: E402
 from grpo.sft import (SFTLoopSettings, chat_prompt_text, encode_example,  # noqa: E402
                       train_sft)
@@ -95,12 +98,15 @@ def training_rows(s: SFTSettings) -> list[tuple[list[dict[str, str]], str, str]]
 
 def main() -> None:
     # 1. settings, seed, data (checked before the slow model load)
-    s = parse_settings(SFTSettings, section="sft", aliases=ALIASES, description=__doc__)
+    s = parse_settings(SFTSettings, section="sft", aliases=ALIASES, description=__doc__,
+                       print_config=dd.env_rank() == 0)
     for key in ("batch_size", "grad_accum", "max_seq_length"):
         if getattr(s, key) < 1:
             raise UserError(f"{key} must be >= 1, got {getattr(s, key)}")
     if s.num_examples is not None and s.num_examples < 1:
         raise UserError(f"num_examples must be >= 1 or null, got {s.num_examples}")
+    materialise_named_model(s.model, cache_dir=s.model_cache_dir or None)  # before torch.distributed
+    rank, _ = dd.init_distributed(s.device)
     seed_everything(s.seed)
     rows = training_rows(s)
     if not rows:
@@ -108,11 +114,13 @@ def main() -> None:
 
     # 2. model, run folder
     model, tok = load_model_from_settings(s, trainable=True)
+    dd.broadcast_trainable(model)  # rank 0's initial adapter on every rank (grpo.distributed [D3])
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if n_train == 0:
         raise UserError("the model has no trainable parameters (load_in_4bit needs use_lora)")
     run = RunDir(run_folder(s.run_name or DEFAULT_RUN[s.stage if s.mode == "gsm8k" else "pairs"]))
-    run.save_config(s)
+    if rank == 0:
+        run.save_config(s)
 
     # 3. examples: prompt text exactly as generation builds it, labels only on the completion
     encoded = [encode_example(tok, chat_prompt_text(tok, messages, suffix), completion, max_length=s.max_seq_length)
@@ -120,14 +128,17 @@ def main() -> None:
     examples = [e for e in encoded if e is not None]
     if not examples:
         raise UserError(f"no example has a completion token within max_seq_length={s.max_seq_length}")
-    print(f"{len(examples)} examples ({len(rows) - len(examples)} dropped: prompt >= max_seq_length), "
-          f"{sum(e.num_tokens for e in examples)} completion tokens; {n_train:,} trainable parameters",
-          file=sys.stderr)
+    if rank == 0:
+        print(f"{len(examples)} examples ({len(rows) - len(examples)} dropped: prompt >= max_seq_length), "
+              f"{sum(e.num_tokens for e in examples)} completion tokens; {n_train:,} trainable parameters",
+              file=sys.stderr)
 
     # 4.-5. train, save final/
-    summary = train_sft(model, tok, examples, s=s, run=run, base_name=adapter_base_name(s.model, cache_dir=s.model_cache_dir or None))
-    print(f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} in {summary['steps']} steps "
-          f"({summary['seconds']:.1f} s); model saved to {summary['final']}")
+    summary = train_sft(model, tok, examples, s=s, run=run, bf16=s.bf16,
+                        base_name=adapter_base_name(s.model, cache_dir=s.model_cache_dir or None))
+    if rank == 0:
+        print(f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} in {summary['steps']} steps "
+              f"({summary['seconds']:.1f} s); model saved to {summary['final']}")
 
 
 if __name__ == "__main__":

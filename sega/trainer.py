@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from grpo import distributed as dd
+from grpo.models import autocast
 from grpo.policy import completion_logprobs, reference_policy
 from grpo.rollout import Rollout, Sampling, encode_prompts, sample_group
 from grpo.trainer import PromptSampler
@@ -77,7 +78,8 @@ class SegaTrainer:
         idx = self.sampler.next(B * self.world)[self.rank::self.world]  # same global order on every rank
         texts = [format_prompt(self.tok, self.rows[i]["prompt"]) for i in idx]  # chat template, as SFT/eval
         prompt_ids, prompt_mask = encode_prompts(self.tok, texts, device=self.device)  # (B, P)
-        return sample_group(self.model, self.tok, prompt_ids, prompt_mask, G=self.cfg.k, sampling=self.sampling)
+        with autocast(self.device, self.cfg.bf16):  # bf16 on CUDA (grpo.models [D8])
+            return sample_group(self.model, self.tok, prompt_ids, prompt_mask, G=self.cfg.k, sampling=self.sampling)
 
     def _row_slices(self, N: int) -> list[slice]:
         step = self.prompts_per_micro * self.cfg.k
@@ -88,10 +90,12 @@ class SegaTrainer:
         cfg, was_training = self.cfg, self.model.training
         self.model.eval()  # [D2]
         try:
-            parts = [score_completions(self.model, self.tok, r.prompt_ids[sl], r.prompt_mask[sl],
-                                       r.completion_ids[sl], r.completion_mask[sl], markers=cfg.markers,
-                                       final_frac=cfg.final_frac, final_window=cfg.final_window, top_m=cfg.top_m,
-                                       lambda_fork=cfg.lambda_fork) for sl in self._row_slices(len(r.completions))]
+            with autocast(self.device, cfg.bf16):
+                parts = [score_completions(self.model, self.tok, r.prompt_ids[sl], r.prompt_mask[sl],
+                                           r.completion_ids[sl], r.completion_mask[sl], markers=cfg.markers,
+                                           final_frac=cfg.final_frac, final_window=cfg.final_window,
+                                           top_m=cfg.top_m, lambda_fork=cfg.lambda_fork)
+                         for sl in self._row_slices(len(r.completions))]
         finally:
             self.model.train(was_training)
         return EntropyScore(**{f.name: torch.cat([getattr(p, f.name) for p in parts]).cpu()
@@ -119,8 +123,9 @@ class SegaTrainer:
 
     # 5. update -----------------------------------------------------------------------------------
     def _logprobs(self, model, r: Rollout, sl: slice) -> torch.Tensor:
-        return completion_logprobs(model, r.prompt_ids[sl], r.prompt_mask[sl], r.completion_ids[sl],
-                                   r.completion_mask[sl], temperature=1.0)[0]  # (n, T)  [D2]
+        with autocast(self.device, self.cfg.bf16):
+            return completion_logprobs(model, r.prompt_ids[sl], r.prompt_mask[sl], r.completion_ids[sl],
+                                       r.completion_mask[sl], temperature=1.0)[0]  # (n, T)  [D2]
 
     def _no_grad_logprobs(self, model, r: Rollout, slices: list[slice]) -> torch.Tensor:
         with torch.no_grad():

@@ -28,13 +28,16 @@ def toy_task() -> Task:
     return Task(name="toy", rows=rows, reward_names=["vowel_fraction"], reward_funcs=[vowel_fraction])
 
 
-def make_trainer(cache_dir, *, seed: int = 0, **overrides) -> GRPOTrainer:
+def make_trainer(cache_dir, *, seed: int = 0, init_seed: int | None = None, **overrides) -> GRPOTrainer:
+    """A GRPOTrainer on tiny-llama + LoRA; `seed` is the settings' (data order), `init_seed` (default
+    `seed`) the torch seed the fresh adapter is drawn with."""
     settings = dict(model="tiny-llama", lora_r=8, lora_alpha=16, lora_dropout=0.0, prompts_per_step=2,
                     num_generations=4, max_completion_length=12, micro_batch_size=8, learning_rate=3e-3)
     cfg = GRPOSettings(seed=seed, **{**settings, **overrides})
-    torch.manual_seed(seed)
+    torch.manual_seed(seed if init_seed is None else init_seed)
     model, tok = load_model("tiny-llama", cache_dir=cache_dir, use_lora=cfg.use_lora, lora_r=cfg.lora_r,
-                            lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+                            lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, dtype=cfg.dtype,
+                            device=cfg.device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, name=cfg.optimizer, lr=cfg.learning_rate, weight_decay=0.0)
     sched = make_scheduler(opt, kind="constant", warmup_steps=0, total_steps=cfg.max_steps)
@@ -61,9 +64,13 @@ def assert_same_update(got: dict[str, torch.Tensor], want: dict[str, torch.Tenso
     assert got.keys() == want.keys() and any(k.endswith(".grad") for k in want), "no gradients recorded"
     scale = max(float(v.abs().max()) for k, v in want.items() if k.endswith(".grad"))
     assert scale > 0, "the gradient is zero: the comparison would prove nothing"
+    exact = all(v.dtype == torch.float64 for v in want.values())  # float64: 1e-10, the issue #12 target
     for k in want:
-        atol = 1e-5 * scale if k.endswith(".grad") else 5e-6
-        torch.testing.assert_close(got[k], want[k], atol=atol, rtol=1e-4 if k.endswith(".grad") else 1e-5, msg=k)
+        if exact:
+            atol, rtol = (1e-10 * scale, 1e-10) if k.endswith(".grad") else (1e-10, 1e-10)
+        else:
+            atol, rtol = (1e-5 * scale, 1e-4) if k.endswith(".grad") else (5e-6, 1e-5)
+        torch.testing.assert_close(got[k], want[k], atol=atol, rtol=rtol, msg=k)
 
 
 def finite(x) -> bool:

@@ -49,6 +49,25 @@ def test_lm_head_gradients_match_float64_autograd_for_hidden_weight_and_bias(dty
         torch.testing.assert_close(got.grad.double(), want.grad, **TOL[("stored", dtype)])
 
 
+def test_float64_inputs_are_computed_and_returned_in_float64():
+    """[L6]: a float64 model checks rank-count invariance to ~1e-15; fp32 tiles would cap it at ~1e-7."""
+    hidden, weight, bias, ids = make_head(torch.float64, V=4099)
+    a, b = torch.randn(ids.shape, dtype=torch.float64), torch.randn(ids.shape, dtype=torch.float64)
+    ours = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    logp, H = lm_head_logprobs_and_entropy(ours[0], ours[1], ids, temperature=0.7, bias=ours[2],
+                                           chunk_tokens=3, chunk_vocab=1000)
+    ((a * logp).sum() + (b * H).sum()).backward()
+    exact = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    ref_logp, ref_H = reference_head(*exact, ids, 0.7)
+    ((a * ref_logp).sum() + (b * ref_H).sum()).backward()
+    assert logp.dtype == H.dtype == torch.float64
+    torch.testing.assert_close(logp, ref_logp, **TOL[torch.float64])
+    torch.testing.assert_close(H, ref_H, **TOL[torch.float64])
+    for got, want in zip(ours, exact):
+        assert got.grad.dtype == torch.float64
+        torch.testing.assert_close(got.grad, want.grad, **TOL[torch.float64])
+
+
 def test_frozen_weight_gets_no_gradient_and_hidden_gradient_is_unchanged():
     hidden, weight, _, ids = make_head(torch.float32)
     h1, h2, w_trainable = hidden.clone().requires_grad_(), hidden.clone().requires_grad_(), weight.clone().requires_grad_()
