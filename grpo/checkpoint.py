@@ -16,6 +16,8 @@
      rank 0 writes them; each rank's RNG states differ (each samples its own completions), so all of
      them are gathered into the checkpoint and each rank restores its own on resume. A run resumed on
      more ranks than wrote the checkpoint starts the extra ranks' streams from their seed.
+[D5] No NaN model is ever saved: a trainable weight holding NaN or ±inf stops the save (issue #13;
+     grpo.optim [D1] keeps non-finite steps from reaching the weights in the first place).
 """
 from __future__ import annotations
 
@@ -34,9 +36,15 @@ def _unwrap(model):
 
 
 def save_model(model, tokenizer, path: str | Path, *, base_name: str | None = None) -> Path:
-    """Save an adapter (PEFT format) or full weights (safetensors) plus tokenizer, atomically [D1]."""
+    """Save an adapter (PEFT format) or full weights (safetensors) plus tokenizer, atomically [D1].
+
+    Refuses (ValueError, nothing written) when a trainable weight holds NaN or ±inf [D5].
+    """
     path = Path(path)
     model = _unwrap(model)
+    bad = [n for n, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+    if bad:  # [D5]
+        raise ValueError(f"not saving {path}: {len(bad)} trainable weight(s) hold NaN or inf (first: {bad[0]})")
     with atomic_dir(path) as tmp:
         if hasattr(model, "peft_config"):  # the trained adapter only, not a frozen KL reference copy
             model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[model.active_adapter])

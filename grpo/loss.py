@@ -54,9 +54,16 @@ Implementation details:
 [D9] mask_truncated_completions (DAPO overlong filtering) is the caller's: pass `completion_mask &
      ~truncated[:, None]` and count num_tokens from it; such sequences then contribute nothing.
 [D10] Math in fp32 (fp64 if given fp64); masks are bool. Stats are detached 0-dim tensors (no host sync).
+[D11] The log-ratio is capped where the cap cannot change the loss or its gradient (`ratio_cap`): a
+     clipped token with lp_θ − lp_old above ~88 overflowed exp in fp32 to ρ = inf, and although ℓ
+     took the finite clipped branch, its backward formed 0·inf = NaN (issue #13). A ≥ 0: the clip
+     holds ℓ at −(1+ε_high)·A for any ρ > 1+ε_high; with δ, ℓ = −δ·A for ρ > δ. The cap sits one nat
+     above those thresholds. A < 0 without δ is left unbounded: there ρ·|A| is the loss. The logged
+     ratio_mean counts a capped token at its cap.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -75,20 +82,43 @@ def _at_least_one(count: Count) -> Count:
     return count.clamp(min=1) if isinstance(count, torch.Tensor) else max(count, 1)  # no host sync
 
 
-def token_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
-    """ρ_{i,t} = exp(lp_θ − lp_old). Inputs (N, T), finite (padding zeroed [D3]); returns (N, T)."""
-    return torch.exp(logp - old_logp)  # (N, T)
+def token_ratio(logp: torch.Tensor, old_logp: torch.Tensor, *, max_log_ratio: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """ρ_{i,t} = exp(min(lp_θ − lp_old, cap_i)). Inputs (N, T), finite (padding zeroed [D3]); returns (N, T).
+
+    max_log_ratio: (N, 1) cap_i, +inf where none [D11]; None = no cap.
+    """
+    log_ratio = logp - old_logp  # (N, T)
+    if max_log_ratio is not None:
+        log_ratio = torch.minimum(log_ratio, max_log_ratio)  # [D11]
+    return torch.exp(log_ratio)  # (N, T)
 
 
-def sequence_ratio(logp: torch.Tensor, old_logp: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
-    """s_i = exp(Σ_t m (lp_θ − lp_old) / Σ_t m) (GSPO §4.1), the same value for every token of sequence i.
+def sequence_ratio(logp: torch.Tensor, old_logp: torch.Tensor, completion_mask: torch.Tensor, *,
+                   max_log_ratio: torch.Tensor | None = None) -> torch.Tensor:
+    """s_i = exp(min(Σ_t m (lp_θ − lp_old) / Σ_t m, cap_i)) (GSPO §4.1), the same value for every token of i.
 
     Gradient flows through lp_θ in the mean [D4]; a sequence with no completion token gets s_i = 1.
-    Args: logp, old_logp (N, T) float; completion_mask (N, T) bool. Returns (N, T).
+    Args: logp, old_logp (N, T) float; completion_mask (N, T) bool; max_log_ratio (N, 1) cap_i or None
+    [D11]. Returns (N, T).
     """
     log_ratio = torch.where(completion_mask, logp - old_logp, 0.0)  # (N, T)  [D3]
-    mean_log_ratio = log_ratio.sum(-1) / completion_mask.sum(-1).clamp(min=1)  # (N,)
-    return torch.exp(mean_log_ratio)[:, None].expand_as(logp)  # (N, T)
+    mean_log_ratio = log_ratio.sum(-1, keepdim=True) / completion_mask.sum(-1, keepdim=True).clamp(min=1)  # (N, 1)
+    if max_log_ratio is not None:
+        mean_log_ratio = torch.minimum(mean_log_ratio, max_log_ratio)  # [D11]
+    return torch.exp(mean_log_ratio).expand_as(logp)  # (N, T)
+
+
+def ratio_cap(advantages: torch.Tensor, *, eps_high: float, delta: float | None) -> torch.Tensor:
+    """cap_i = log(max(1 + ε_high, δ)) + 1 where the cap cannot change ℓ or its gradient, else +inf [D11].
+
+    For A_i ≥ 0 every ρ > 1 + ε_high gives ℓ = −(1+ε_high)·A_i and no gradient; with δ every ρ > δ gives
+    ℓ = −δ·A_i (A_i < 0) and no gradient. Only A_i < 0 without δ keeps the unbounded ρ·|A_i|.
+    Args: advantages (N, 1). Returns (N, 1) fp32.
+    """
+    cap = math.log(max(1 + eps_high, delta or 0.0)) + 1.0
+    bounded = (advantages >= 0) | (delta is not None)  # (N, 1)
+    return torch.where(bounded, cap, float("inf")).to(advantages.dtype)  # (N, 1)
 
 
 def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, *, eps_low: float, eps_high: float,
@@ -218,13 +248,14 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         return _fp32(x).masked_fill(~mask, 0.0)  # (N, T)  [D3][D10]
 
     logp, old_logp = clean(logp), clean(old_logp)
-    # 1. importance ratio
-    if importance_sampling_level == "token":
-        ratio = token_ratio(logp, old_logp)  # (N, T)
-    else:
-        ratio = sequence_ratio(logp, old_logp, mask)  # (N, T)  [D4]
-    # 2. clipped surrogate, on the selected tokens
     adv = _fp32(advantages)[:, None]  # (N, 1)
+    # 1. importance ratio
+    cap = ratio_cap(adv, eps_high=eps_high, delta=delta)  # (N, 1)  [D11]
+    if importance_sampling_level == "token":
+        ratio = token_ratio(logp, old_logp, max_log_ratio=cap)  # (N, T)
+    else:
+        ratio = sequence_ratio(logp, old_logp, mask, max_log_ratio=cap)  # (N, T)  [D4]
+    # 2. clipped surrogate, on the selected tokens
     per_token = clipped_surrogate(ratio, adv, eps_low=eps_low, eps_high=eps_high, delta=delta)  # (N, T)
     if token_normalizer == "all_tokens":
         pg_loss = aggregate(per_token.masked_fill(~selected, 0.0), mask, **norms)  # [D7]

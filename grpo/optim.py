@@ -5,6 +5,13 @@
             f(x) = 1 (constant), 1 − x (linear), ½(1 + cos πx) (cosine)
 
 s counts optimiser steps (μ per generation batch), S = total optimiser steps.
+
+[D1] `GuardedStep` applies a step only when the loss and the gradient norm are finite (issue #13): one
+     `inf` reward or a NaN in the forward otherwise turns every trained weight into NaN, and the run
+     goes on to save them. A skipped step drops the gradients and leaves the optimiser state and the
+     schedule as they were; `max_skipped_steps` skips in a row stop the run (the last checkpoint is
+     intact). Under torchrun the gradient norm is that of the summed gradients, the same on every rank,
+     and the caller agrees on the loss across ranks, so all ranks skip or step together.
 """
 from __future__ import annotations
 
@@ -33,6 +40,8 @@ class OptimSettings:
     """fraction of the optimiser steps spent warming the learning rate up linearly"""
     max_grad_norm: float = 1.0
     """clip the global gradient norm to this; 0 = no clipping (the norm is still logged)"""
+    max_skipped_steps: int = 3
+    """stop after this many optimiser steps in a row skipped for a non-finite loss or gradient norm [D1]"""
 
     def make_optimizer(self, params: list[torch.Tensor], *, total_steps: int, warmup_steps: Optional[int] = None):
         """(optimizer, scheduler) over `params` for `total_steps` optimiser steps; the warm-up lasts
@@ -74,3 +83,40 @@ def make_scheduler(optimizer: torch.optim.Optimizer, *, kind: str, warmup_steps:
     lr_factor(0, kind=kind, warmup_steps=warmup_steps, total_steps=total_steps)  # validate `kind` now
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, kind=kind, warmup_steps=warmup_steps, total_steps=total_steps))
+
+
+class NonFiniteStop(UserError):
+    """Too many optimiser steps in a row had a non-finite loss or gradient norm [D1] (every rank agrees)."""
+
+    every_rank = True
+
+
+class GuardedStep:
+    """Clip the gradient norm, then step the optimiser and the schedule, unless the loss or the norm is
+    not finite: then skip, count, and stop after `max_skipped` skips in a row [D1].
+
+        step = GuardedStep(params, optimizer, scheduler, max_grad_norm=1.0, max_skipped=3)
+        grad_norm, applied = step(loss_finite=...)      # after the gradients are summed over ranks
+    """
+
+    def __init__(self, params: list[torch.Tensor], optimizer, scheduler, *, max_grad_norm: float, max_skipped: int):
+        self.params, self.optimizer, self.scheduler = params, optimizer, scheduler
+        self.max_grad_norm, self.max_skipped = max_grad_norm, max_skipped
+        self.skipped_in_a_row = 0
+
+    def __call__(self, *, loss_finite: bool = True) -> tuple[float, bool]:
+        clip = self.max_grad_norm if self.max_grad_norm > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        if loss_finite and math.isfinite(grad_norm):
+            self.optimizer.step()
+            self.scheduler.step()
+            self.skipped_in_a_row = 0
+            return grad_norm, True
+        self.optimizer.zero_grad(set_to_none=True)  # [D1] nothing of this step reaches the weights
+        self.skipped_in_a_row += 1
+        if self.skipped_in_a_row >= self.max_skipped:
+            raise NonFiniteStop(f"{self.skipped_in_a_row} optimiser steps in a row had a non-finite "
+                                f"{'loss' if not loss_finite else 'gradient norm'} ({grad_norm}) and were "
+                                "skipped; stopping (max_skipped_steps). The weights were never updated with "
+                                "them; check the rewards and the learning rate")
+        return grad_norm, False

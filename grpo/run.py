@@ -15,6 +15,8 @@ Every script writes into one run directory:
 [D2] metrics.jsonl is append-only; each line is written with one `write` call and flushed, so a crash
      loses at most the line being written. On resume, lines with step > the resumed step are dropped
      first, so the file reads as if the run had never stopped.
+[D3] metrics.jsonl is strict JSON: a NaN or ±inf metric (a skipped step's gradient norm) is written as
+     null, never as the bare NaN / Infinity that Python writes and strict parsers reject.
 """
 from __future__ import annotations
 
@@ -245,7 +247,7 @@ class MetricsWriter:
 
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row, default=_json_default) + "\n")  # one write per line [D2]
+        self._file.write(json.dumps(row, default=_json_default, allow_nan=False) + "\n")  # one write [D2] [D3]
         self._file.flush()
         if self._tb is not None:
             for k, v in row.items():
@@ -270,8 +272,10 @@ def _scalar(v: Any) -> Any:
         v = v.detach().float().item() if v.numel() == 1 else v.detach().tolist()
     if isinstance(v, (np.floating, np.integer)):
         v = v.item()
+    if isinstance(v, list):
+        return [_scalar(x) for x in v]
     if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else v  # JSON has no NaN; Infinity is kept by json.dumps
+        return None  # [D3] JSON has neither NaN nor Infinity
     return v
 
 

@@ -43,6 +43,8 @@ class TaskSettings(PromptSettings, ModelSettings):
     """reward functions by name (rewards.REWARD_FUNCTIONS) or module:function; empty = the task's preset"""
     reward_weights: list[float] = field(default_factory=list)
     """one weight per reward function; empty = all 1.0"""
+    non_finite_rewards: Literal["error", "none"] = "error"
+    """a reward of ±inf: stop with an error naming the function and row, or treat it as None (counted)"""
 
     def load_task(self, *, split: str = "train", limit: Optional[int] = None):
         """`grpo.tasks.load_task` with these settings."""

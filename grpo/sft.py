@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from grpo import distributed as dd
 from grpo.checkpoint import save_model
 from grpo.models import autocast
-from grpo.optim import OptimSettings
+from grpo.optim import GuardedStep, OptimSettings
 from grpo.run import MetricsWriter, RunDir, progress
 
 IGNORE = -100  # label of positions that never contribute (prompt, padding)
@@ -201,6 +201,8 @@ def train_sft(model, tokenizer, examples: list[SFTExample], *, s: SFTLoopSetting
     total = s.max_steps if s.max_steps > 0 else s.epochs * math.ceil(len(examples) / per_step)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = s.make_optimizer(params, total_steps=total)
+    apply_step = GuardedStep(params, optimizer, scheduler, max_grad_norm=s.max_grad_norm,
+                             max_skipped=s.max_skipped_steps)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     batches = step_batches(len(examples), per_step=per_step, seed=s.seed)
@@ -231,10 +233,8 @@ def train_sft(model, tokenizer, examples: list[SFTExample], *, s: SFTLoopSetting
             dd.sum_gradients(params)
             nll_sum, n_correct, n_seen = dd.all_reduce_sum(
                 torch.tensor([nll_sum, n_correct, n_seen], dtype=torch.float64, device=device)).tolist()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm if s.max_grad_norm > 0 else math.inf)
             lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
+            grad_norm, applied = apply_step(loss_finite=math.isfinite(nll_sum))  # skip non-finite (grpo.optim [D1])
             optimizer.zero_grad(set_to_none=True)
             # 4. log
             seconds = time.perf_counter() - t0
@@ -242,8 +242,8 @@ def train_sft(model, tokenizer, examples: list[SFTExample], *, s: SFTLoopSetting
             if metrics is None:
                 continue
             metrics.log(step + 1, {"loss": losses[-1], "token_accuracy": n_correct / max(num_tokens, 1),
-                                   "grad_norm": float(grad_norm), "lr": lr, "epoch": epoch,
-                                   "num_tokens": num_tokens, "examples": len(idx), "seconds": seconds,
+                                   "grad_norm": grad_norm, "skipped_steps": int(not applied), "lr": lr,
+                                   "epoch": epoch, "num_tokens": num_tokens, "examples": len(idx), "seconds": seconds,
                                    "tokens_per_second": n_seen / max(seconds, 1e-9)})
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
     # 5. save the final model (adapter or full weights) + tokenizer; the replicas are checked first

@@ -13,6 +13,12 @@
      reward at 0 and GRPO without signal.
 [D2] Reward functions score the assistant's whole reply: `prompt_suffix` + the generated text (the
      suffix is part of the reply the model is trained to continue).
+[D3] Rewards are float64 from the function to the advantages: two rewards of 3e38 (finite in fp32) no
+     longer overflow when weighted and summed.
+[D4] A reward of ±inf would make every advantage of its group NaN and the saved model NaN (issue #13):
+     it is an error naming the function and the row, unless `non_finite_rewards=none` makes it a None
+     (unscorable: advantage 0, out of its group's baseline), counted in the metric rewards/non_finite.
+     NaN is None, as in TRL (which stores None as NaN).
 
 A reward function has TRL's signature `f(prompts, completions, **columns) -> list[float | None]`;
 `reward_funcs` may name any function in `rewards.REWARD_FUNCTIONS` or a `module:function` path to
@@ -48,12 +54,15 @@ ARITHMETIC_SYSTEM_PROMPT = (
     "have?\n<reasoning>\n3 + 4 = 7\n</reasoning>\n<answer>\n7\n</answer>")
 
 
-def task_rewards(task: Task, rows: list[dict[str, Any]], completions: list[str], *, G: int = 1):
-    """Every reward function of `task` on every completion: a float tensor [B·G, F]; None → NaN.
+def task_rewards(task: Task, rows: list[dict[str, Any]], completions: list[str], *, G: int = 1,
+                 non_finite: str = "error"):
+    """Every reward function of `task` on every completion: a float64 tensor [B·G, F]; None and NaN → NaN.
 
     `completions[i·G + j]` is the j-th generated text for `rows[i]`. Functions are called as TRL calls
     them: prompts, the assistant replies (`prompt_suffix` + text [D2]; chat messages when the prompts
     are chat messages), and every other column of the rows as a keyword list.
+    Values are kept in float64 [D3]. A ±inf reward is an error naming the function and the row
+    (`non_finite="error"`), or is kept as ±inf for the caller to count and treat as None ("none") [D4].
     """
     import math
 
@@ -64,13 +73,23 @@ def task_rewards(task: Task, rows: list[dict[str, Any]], completions: list[str],
     if not isinstance(prompts[0], str):
         replies = [[{"role": "assistant", "content": c}] for c in replies]
     columns = {k: [r[k] for r in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
-    out = torch.empty(len(prompts), len(task.reward_funcs))  # [B·G, F]
+    out = torch.empty(len(prompts), len(task.reward_funcs), dtype=torch.float64)  # [B·G, F]  [D3]
     for j, fn in enumerate(task.reward_funcs):
+        name = task.reward_names[j]
         values = fn(prompts, replies, **columns)
         if len(values) != len(prompts):
-            raise UserError(f"reward function {task.reward_names[j]!r} returned {len(values)} values "
-                            f"for {len(prompts)} completions")
-        out[:, j] = torch.tensor([math.nan if v is None else float(v) for v in values])
+            raise UserError(f"reward function {name!r} returned {len(values)} values for {len(prompts)} completions")
+        for i, v in enumerate(values):
+            try:
+                x = math.nan if v is None else float(v)
+            except (TypeError, ValueError, OverflowError):
+                raise UserError(f"reward function {name!r} returned {v!r} (not a number) for completion {i % G} "
+                                f"of prompt row {i // G} of the batch") from None
+            if math.isinf(x) and non_finite == "error":  # [D4]
+                raise UserError(f"reward function {name!r} returned {x} for completion {i % G} of prompt row "
+                                f"{i // G} of the batch; fix the function, or set non_finite_rewards=none to "
+                                "treat such rewards as None (counted in rewards/non_finite)")
+            out[i, j] = x
     return out
 
 

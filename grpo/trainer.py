@@ -17,6 +17,15 @@ One *step* is one generation batch: B prompts (split over ranks) × G completion
      length; `mask_truncated_completions` removes completions that hit the length limit from the loss.
 [D6] Data order is a seeded permutation per epoch; its position is checkpointed with the RNG states,
      so `--resume` reproduces the metrics of an uninterrupted run.
+[D7] Rewards are float64 (grpo.tasks [D3] [D4]); a ±inf reward stops the run on every rank with the
+     function and row named, or becomes None and is counted (`rewards/non_finite`); a weighted sum or an
+     advantage that overflows is an error, never a NaN update.
+[D8] Advantages are computed from the rewards of the batch that is trained on: after `resample`
+     replaces flat groups, the whole batch's advantages are recomputed (with scale_rewards=batch the
+     replaced groups kept another batch's std, up to 0.79 off).
+[D9] An optimiser step whose loss or gradient norm is not finite is not applied (grpo.optim
+     `GuardedStep`); it is counted in `skipped_steps`, and the run stops after `max_skipped_steps`
+     such steps in a row.
 """
 from __future__ import annotations
 
@@ -28,9 +37,11 @@ from typing import Any
 import torch
 
 from grpo import distributed as dd
+from grpo.config import UserError
 from grpo.advantages import group_advantages, overlong_penalty, weighted_rewards, zero_std_groups
 from grpo.loss import policy_loss
 from grpo.models import autocast
+from grpo.optim import GuardedStep
 from grpo.policy import completion_logprobs, reference_policy
 from grpo.rollout import Rollout, Sampling, encode_prompts, sample_group
 from grpo.tasks import task_rewards
@@ -72,22 +83,31 @@ class Batch:
     """One generation batch on this rank, groups kept together (rows i·G … i·G+G−1)."""
 
     rollout: Rollout
-    rewards: torch.Tensor  # [B, G] weighted total
-    per_function: torch.Tensor  # [B, G, F]
-    advantages: torch.Tensor  # [B, G]
+    rewards: torch.Tensor  # [B, G] weighted total, float64
+    per_function: torch.Tensor  # [B, G, F] float64, NaN = None
+    advantages: torch.Tensor  # [B, G] fp32
+    non_finite: int = 0  # ±inf rewards treated as None on this rank (non_finite_rewards = none) [D7]
 
 
 def score_completions(task, rows: list[dict[str, Any]], rollout: Rollout, *, G: int, weights: list[float],
-                      overlong: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards [B, G] (weighted sum) and per function [B, G, F]; None from a function becomes NaN."""
+                      overlong: tuple[int, int] | None, non_finite: str = "error"
+                      ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Rewards [B, G] (weighted sum), per function [B, G, F], float64, and the count of ±inf rewards
+    treated as None [D7]; None from a function becomes NaN."""
     B = len(rows)
-    per_function = task_rewards(task, rows, rollout.completions, G=G)  # [B·G, F]
-    per_function = per_function.view(B, G, -1)  # [B, G, F]
-    total = weighted_rewards(per_function, weights)  # [B, G]
+    per_function = task_rewards(task, rows, rollout.completions, G=G, non_finite=non_finite)  # [B·G, F]
+    per_function = per_function.view(B, G, -1)  # [B, G, F] float64
+    infinite = per_function.isinf()  # [B, G, F]: only with non_finite = "none" [D7]
+    per_function = per_function.masked_fill(infinite, float("nan"))
+    total = weighted_rewards(per_function, weights)  # [B, G] float64
     if overlong is not None:  # [D5]
         lengths = rollout.lengths.view(B, G).float().cpu()
         total = total + overlong_penalty(lengths, max_len=overlong[0], cache_len=overlong[1])
-    return total, per_function
+    if total.isinf().any():  # [D7]
+        b, g = total.isinf().nonzero()[0].tolist()
+        raise UserError(f"the weighted reward of completion {g} of prompt row {b} is {total[b, g].item()}: "
+                        f"reward_weights {weights} overflow float64; scale the rewards or the weights")
+    return total, per_function, int(infinite.sum())
 
 
 class GRPOTrainer:
@@ -109,6 +129,8 @@ class GRPOTrainer:
         if cfg.prompts_per_step % self.world:
             raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must be divisible by {self.world} ranks")
         self.device = next(model.parameters()).device
+        self.apply_step = GuardedStep(self.params, optimizer, scheduler, max_grad_norm=cfg.max_grad_norm,
+                                      max_skipped=cfg.max_skipped_steps)  # [D9]
 
     # 1. sample ------------------------------------------------------------------------------------
     def _sample(self, n_prompts: int) -> tuple[list[dict[str, Any]], Rollout]:
@@ -126,13 +148,31 @@ class GRPOTrainer:
         G = self.cfg.num_generations
         overlong = (self.cfg.max_completion_length, self.cfg.overlong_cache_length) \
             if self.cfg.overlong_cache_length > 0 else None
-        rewards, per_function = score_completions(self.task, rows, rollout, G=G, weights=self.weights,
-                                                  overlong=overlong)
-        all_rewards = dd.all_gather_rows(rewards.to(self.device)).cpu()  # [B_total, G], rank order
+        error = None
+        try:
+            rewards, per_function, non_finite = score_completions(
+                self.task, rows, rollout, G=G, weights=self.weights, overlong=overlong,
+                non_finite=self.cfg.non_finite_rewards)
+        except UserError as e:  # every rank stops, not only the one whose reward failed [D7]
+            error = e
+        if dd.any_rank(error is not None):
+            raise error or UserError("another rank stopped while scoring its completions (its error is above)",
+                                     every_rank=True)
+        batch = Batch(rollout=rollout, rewards=rewards, per_function=per_function, advantages=rewards,
+                      non_finite=non_finite)
+        batch.advantages = self._advantages(batch.rewards)
+        return batch
+
+    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """This rank's advantages [B, G] fp32, from every rank's rewards [D7] [D8]."""
+        all_rewards = dd.all_gather_rows(rewards.to(self.device)).cpu()  # [B_total, G] float64, rank order
         adv = group_advantages(all_rewards, scale_rewards=self.cfg.scale_rewards, eps=self.cfg.adv_eps)
-        B = len(rows)
-        adv = adv[self.rank * B:(self.rank + 1) * B]  # [B, G] this rank's groups
-        return Batch(rollout=rollout, rewards=rewards, per_function=per_function, advantages=adv)
+        B = rewards.shape[0]
+        adv = adv[self.rank * B:(self.rank + 1) * B].float()  # [B, G] this rank's groups
+        if not torch.isfinite(adv).all():  # e.g. scale_rewards=none with rewards near 1e38 [D7]
+            raise UserError(f"advantages overflow float32 (rewards up to {all_rewards.abs().nanmax().item():.3g}, "
+                            f"scale_rewards={self.cfg.scale_rewards}); scale the rewards", every_rank=True)
+        return adv
 
     def _collect(self) -> tuple[Batch, dict[str, float]]:
         """Sample and score one generation batch, with dynamic sampling [D4]."""
@@ -155,6 +195,8 @@ class GRPOTrainer:
                 timing["time/generate"] += t1 - t0
                 timing["time/score"] += time.perf_counter() - t1
                 batch = _replace_flat_groups(batch, extra, self.cfg.num_generations)
+                batch.non_finite += extra.non_finite
+            batch.advantages = self._advantages(batch.rewards)  # the std of the batch trained on [D8]
         return batch, timing
 
     # 4. update ------------------------------------------------------------------------------------
@@ -197,6 +239,7 @@ class GRPOTrainer:
                 token_mask = top_k_entropy_mask(ent, loss_mask, rho=cfg.top_entropy_quantile)
                 num_selected = dd.all_reduce_sum((token_mask & loss_mask).sum().float())
             self.optimizer.zero_grad(set_to_none=True)
+            loss_finite = True
             for sl in slices:
                 logp, entropy = self._logprobs(model, r, sl)
                 loss, st = policy_loss(
@@ -209,6 +252,7 @@ class GRPOTrainer:
                     token_normalizer=cfg.token_normalizer, num_sequences=num_sequences, num_tokens=num_tokens,
                     num_selected_tokens=num_selected, max_completion_length=cfg.max_completion_length)
                 loss.backward()
+                loss_finite = loss_finite and bool(torch.isfinite(loss.detach()))
                 w = float(st.num_tokens) / max(1.0, float(num_tokens))  # token-weighted stats
                 _accumulate(stats, "loss", float(loss.detach()), 1.0)
                 for name in ("kl", "entropy", "ratio_mean", "clip_low", "clip_high", "clip_region"):
@@ -216,12 +260,10 @@ class GRPOTrainer:
                     if value is not None:
                         _accumulate(stats, name, float(value), w)
             dd.sum_gradients(self.params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm
-                                                       if cfg.max_grad_norm > 0 else float("inf"))
-            self.optimizer.step()
-            self.scheduler.step()
-            _accumulate(stats, "grad_norm", float(grad_norm), 1.0 / cfg.num_iterations)
-        out = {k: sum(v) / (cfg.num_iterations if k not in ("grad_norm",) else 1) for k, v in stats.items()}
+            grad_norm, applied = self.apply_step(loss_finite=not dd.any_rank(not loss_finite))  # [D9]
+            _accumulate(stats, "grad_norm", grad_norm, 1.0 / cfg.num_iterations)
+            _accumulate(stats, "skipped_steps", float(not applied), 1.0)
+        out = {k: sum(v) / (1 if k in ("grad_norm", "skipped_steps") else cfg.num_iterations) for k, v in stats.items()}
         out["num_tokens"] = float(num_tokens)
         out["num_sequences_trained"] = float(num_sequences)
         return out
@@ -293,6 +335,7 @@ def step_metrics(batch: Batch, update: dict[str, float], timing: dict[str, float
         "completion_length": lengths.mean().item(), "completion_length_min": lengths.min().item(),
         "completion_length_max": lengths.max().item(), "truncated_frac": truncated.mean().item(),
         "sampling_entropy": (mean_entropy[0] / mean_entropy[1].clamp(min=1)).item(), "lr": lr,
+        "rewards/non_finite": float(dd.all_reduce_sum(torch.tensor(float(batch.non_finite), device=r.completion_ids.device))),
     }
     for j, name in enumerate(reward_names):
         m[f"rewards/{name}/mean"] = _nanmean(per_fn[..., j])

@@ -30,6 +30,8 @@ Metrics (metrics.jsonl, one line per step):
     completion_length(_min/_max)       completion tokens up to and including EOS
     truncated_frac                     fraction of completions that hit max_completion_length
     grad_norm                          gradient norm before clipping (mean over the μ passes)
+    skipped_steps                      optimiser steps not applied: non-finite loss or gradient norm
+    rewards/non_finite                 ±inf rewards treated as None (non_finite_rewards=none)
     lr                                 learning rate after the step
     num_tokens, num_sequences_trained  tokens and sequences in the loss (after masking/dropping)
     time/generate, time/score, time/update   seconds spent in each phase

@@ -45,6 +45,7 @@ Metrics (metrics.jsonl, one line per step; statistics over the valid candidates 
     completion_length(_max)       candidate tokens up to and including EOS
     truncated_frac                fraction of candidates that hit gen_max_new_tokens
     grad_norm                     gradient norm before clipping (mean over the μ passes)
+    skipped_steps                 optimiser steps not applied: non-finite loss or gradient norm
     lr, epoch                     learning rate after the step; pass over the prompts (0-based)
     num_tokens                    completion tokens of valid candidates in the loss
     time/generate, time/score, time/update, tokens_per_second   seconds per phase; generated tokens/s

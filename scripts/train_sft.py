@@ -31,6 +31,7 @@ Logged metrics (metrics.jsonl, one line per optimiser step):
     loss               mean −log p of the step's completion tokens (prompt and padding excluded)
     token_accuracy     fraction of completion tokens whose argmax prediction is the target token
     grad_norm          global gradient norm before clipping
+    skipped_steps      1 when the step was not applied (non-finite loss or gradient norm, grpo.optim [D1])
     lr                 learning rate used for the step
     epoch              pass over the data the step belongs to (0-based)
     num_tokens         completion tokens in the step (the loss normaliser |C|)

@@ -35,6 +35,7 @@ import torch
 
 from grpo import distributed as dd
 from grpo.models import autocast
+from grpo.optim import GuardedStep
 from grpo.policy import completion_logprobs, reference_policy
 from grpo.rollout import Rollout, Sampling, encode_prompts, sample_group
 from grpo.trainer import PromptSampler
@@ -71,6 +72,8 @@ class SegaTrainer:
                                  stop_strings=tuple(cfg.stop_strings))
         self.prompts_per_micro = max(1, cfg.micro_batch_size // cfg.k)  # [D3]
         self.device = next(model.parameters()).device
+        self.apply_step = GuardedStep(self.params, optimizer, scheduler, max_grad_norm=cfg.max_grad_norm,
+                                      max_skipped=cfg.max_skipped_steps)  # grpo.optim [D1]
 
     # 1. sample -----------------------------------------------------------------------------------
     def _sample(self) -> Rollout:
@@ -147,6 +150,7 @@ class SegaTrainer:
         stats: dict[str, float] = {}
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
+            loss_finite = True
             for sl in slices:
                 ps = slice(sl.start // k, sl.stop // k)  # the prompts of these rows
                 loss, st = sega_loss(self._logprobs(self.model, r, sl), advantages[ps], r.completion_mask[sl],
@@ -156,6 +160,7 @@ class SegaTrainer:
                                      ref_logp=None if ref_logp is None else ref_logp[sl], beta=cfg.kl_coef,
                                      num_prompts=num_prompts)
                 loss.backward()
+                loss_finite = loss_finite and bool(torch.isfinite(loss.detach()))
                 w = float(st.num_tokens) / max(1.0, float(num_tokens)) / cfg.num_iterations  # token weight
                 _add(stats, "loss", float(loss.detach()) / cfg.num_iterations)
                 _add(stats, "pg_loss", float(st.pg_loss) / cfg.num_iterations)
@@ -164,11 +169,9 @@ class SegaTrainer:
                 if st.kl is not None:
                     _add(stats, "kl", float(st.kl) * w)
             dd.sum_gradients(self.params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm if cfg.max_grad_norm > 0
-                                                       else float("inf"))
-            self.optimizer.step()
-            self.scheduler.step()
-            _add(stats, "grad_norm", float(grad_norm) / cfg.num_iterations)
+            grad_norm, applied = self.apply_step(loss_finite=not dd.any_rank(not loss_finite))  # skip non-finite
+            _add(stats, "grad_norm", grad_norm / cfg.num_iterations)
+            _add(stats, "skipped_steps", float(not applied))
         for name in ("loss", "pg_loss", "ratio_mean", "clip_fraction", "kl"):  # this rank's share of the
             if name in stats:  # whole-batch value (global normalisers [D3]): add the other ranks' shares
                 stats[name] = float(dd.all_reduce_sum(torch.tensor(stats[name], device=self.device)))
