@@ -29,6 +29,7 @@ REWARD_FUNCTIONS: dict[str, RewardFunction] = {
     "match_format_exactly": formats.match_format_exactly,
     "match_format_approximately": formats.match_format_approximately,
     "check_answer": math_answers.check_answer,
+    "check_answer_strict": math_answers.check_answer_strict,
     "check_numbers": math_answers.check_numbers,
     "check_numbers_robust": math_answers.check_numbers_robust,
     # C. text-to-SQL

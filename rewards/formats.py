@@ -16,6 +16,11 @@ Implementation details:
      the function's docstring (e.g. the E regexes lacked re.DOTALL, so multi-line reasoning never
      matched; B's used re.MULTILINE, so text on a line after `</SOLUTION>` still matched).
 [D3] B's chat template ends the prompt with `<start_working_out>`, so B's rewards never look for it.
+[D4] B reads its answer two ways, as the original did: `solution_block` with the end anchor (the layout
+     `match_format_exactly` rewards; also `check_answer_strict`) and `solution_answer` without it (the
+     guess of `check_answer`, so text may follow `</SOLUTION>`; issue #13 item 2).
+[D5] A's think tags are matched in any ASCII case (`<THINK>`), as the original does; `<score>` is
+     matched as written (REWARDS.md A names only the think tag as case-insensitive).
 """
 from __future__ import annotations
 
@@ -26,9 +31,10 @@ from rewards.inputs import completion_text
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # unambiguous: no backtracking
 
 
-def first_block(text: str, open_tag: str, close_tag: str) -> str | None:
-    """Text between the first `open_tag` and the first `close_tag` after it (`re.search(open(.*?)close)`)."""
-    i = text.find(open_tag)
+def first_block(text: str, open_tag: str, close_tag: str, start: int = 0) -> str | None:
+    """Text between the first `open_tag` at or after `start` and the first `close_tag` after it
+    (`re.compile(open(.*?)close, re.DOTALL).search(text, start)`)."""
+    i = text.find(open_tag, start)
     if i < 0:
         return None
     j = text.find(close_tag, i + len(open_tag))
@@ -52,15 +58,24 @@ def blocks_in_order(text: str, first: str, second: str, *, ignore_case: bool = F
 
 
 # ---------------------------------------------------------------- A: <think>…</think><score>x</score>
-def read_score(text: str) -> float | None:
-    """A's predicted score: the first `<score>…</score>` holding one decimal number in [0, 1].
+_THINK_OPEN = re.compile("<think>", re.IGNORECASE | re.ASCII)  # [D5]
+_THINK_CLOSE = re.compile("</think>", re.IGNORECASE | re.ASCII)
 
-    Returns None when there is no `<think>` tag, no score block, a block that is not exactly one
-    number (surrounding whitespace allowed), or a number outside [0, 1] (REWARDS.md A).
+
+def read_score(text: str) -> float | None:
+    """A's predicted score: the first `<score>…</score>` after the thinking, holding one decimal number
+    in [0, 1] (REWARDS.md A).
+
+    The thinking runs from the first `<think>` to the first `</think>` after it, both in any case [D5];
+    a `<score>` inside it does not count (issue #13 item 6(c): it used to be read, and `<THINK>` gave None).
+    Returns None when there is no `<think>`, no `</think>` after it, no score block after that, a block
+    that is not exactly one number (surrounding whitespace allowed), or a number outside [0, 1].
     """
-    if "<think>" not in text:
+    opened = _THINK_OPEN.search(text)
+    closed = None if opened is None else _THINK_CLOSE.search(text, opened.end())
+    if closed is None:
         return None
-    block = first_block(text, "<score>", "</score>")
+    block = first_block(text, "<score>", "</score>", closed.end())
     if block is None or _NUMBER.fullmatch(block.strip()) is None:
         return None
     score = float(block.strip())  # ASCII digits only, so float() reads exactly what matched
@@ -74,6 +89,8 @@ def think_score_format(prompts, completions, **columns) -> list[float]:
     |------------------------------------------------------------------------------------|--------|
     | `<think>` non-empty `</think>` whitespace `<score>x</score>`, x in [0,1], tags once | 1.0    |
     | anything else (missing, repeated or misordered tag, empty think, bad score, text after) | 0.0 |
+
+    Its tags are matched as written (`<THINK>` scores 0.0 here; `read_score`, the originals' reader, accepts it).
     """
     return [1.0 if _is_think_score(completion_text(c)) else 0.0 for c in completions]
 
@@ -90,11 +107,12 @@ def _is_think_score(text: str) -> bool:
 
 # ---------------------------------------------------------------- B: <end_working_out><SOLUTION>…</SOLUTION>
 def solution_block(text: str) -> str | None:
-    """B's answer: text between the first `<SOLUTION>` after the first `<end_working_out>` and a
-    `</SOLUTION>` that ends the completion (only whitespace after); None when there is no such layout.
+    """B's exact layout [D4]: text between the first `<SOLUTION>` after the first `<end_working_out>` and
+    a `</SOLUTION>` that ends the completion (only whitespace after); None when there is no such layout.
 
     Same result as the original `<end_working_out>.*?<SOLUTION>(.+?)</SOLUTION>\\s*$` with re.DOTALL [D1]
     (the original's re.MULTILINE, which let `$` match at any line end, is not kept [D2]).
+    Used by `match_format_exactly` and `check_answer_strict`; `check_answer` reads `solution_answer`.
     """
     end_working = text.find("<end_working_out>")
     if end_working < 0:
@@ -106,6 +124,24 @@ def solution_block(text: str) -> str | None:
     start += len("<SOLUTION>")
     end = len(body) - len("</SOLUTION>")
     return body[start:end] if end > start else None  # (.+?) needs one character
+
+
+def solution_answer(text: str) -> str | None:
+    """B's guess as the original `check_answer` reads it [D4]: text between the first `<SOLUTION>` after
+    the first `<end_working_out>` and the next `</SOLUTION>` (at least one character between them, as
+    `(.+?)` needs); anything may follow. None when there is no such block.
+
+    Same result as `<end_working_out>.*?<SOLUTION>(.+?)</SOLUTION>` searched with re.DOTALL [D1]:
+    `match_format_exactly`'s regex without its end anchor `\\s*$` (REWARDS.md B). Later `<SOLUTION>`s never
+    matter: a `</SOLUTION>` that closes a later one would also close the first.
+    """
+    end_working = text.find("<end_working_out>")
+    start = -1 if end_working < 0 else text.find("<SOLUTION>", end_working + len("<end_working_out>"))
+    if start < 0:
+        return None
+    start += len("<SOLUTION>")
+    end = text.find("</SOLUTION>", start + 1)  # (.+?) needs one character
+    return None if end < 0 else text[start:end]
 
 
 def match_format_exactly(prompts, completions, **columns) -> list[float]:

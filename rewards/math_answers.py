@@ -3,11 +3,12 @@
 Column: `answer`, the gold final answer (GSM8K's text after "####"; a full GSM8K solution is also
 read correctly by the improved rewards). Original scorings, kept exactly:
 
-    check_answer    B's answer from `solution_block` vs gold: exact / stripped / ratio bands
+    check_answer    B's answer from `solution_answer` vs gold: exact / stripped / ratio bands [D5]
     check_numbers   the upstream notebook's: first number after `<SOLUTION>` vs float(gold)
 
-Better options (ours): `check_numbers_robust` (same scale as check_numbers, numbers read with commas,
-currency, percents, fractions and a tolerance) and `numeric_correctness` (1.0/0.0 on any tag scheme).
+Better options (ours): `check_answer_strict` (check_answer only on `match_format_exactly`'s layout [D5]),
+`check_numbers_robust` (same scale as check_numbers, numbers read with commas, currency, percents,
+fractions and a tolerance) and `numeric_correctness` (1.0/0.0 on any tag scheme).
 
 Implementation details:
 [D1] Python's float() semantics are part of the originals: float() accepts " 12 ", "1_000", "nan",
@@ -20,12 +21,16 @@ Implementation details:
 [D3] A row whose gold is None gets None (not applicable), for every reward here.
 [D4] A gold that still holds a whole GSM8K solution ("… #### 72") is cut to "72" first; the originals
      always received the cut answer, so this changes nothing for them and saves a silent all-zero run.
+[D5] check_answer's guess is `match_format_exactly`'s regex *without* its end anchor, as the original
+     (REWARDS.md B): "…<SOLUTION>42</SOLUTION>\\nI hope this helps!" reads "42" and scores 5.0. Until
+     issue #13 (item 2) this library required `</SOLUTION>` to end the completion (−2.0 there); that
+     stricter reading is kept, under its own name, as check_answer_strict.
 """
 from __future__ import annotations
 
 import re
 
-from rewards.formats import solution_block
+from rewards.formats import solution_answer, solution_block
 from rewards.inputs import column, completion_text, gold_text
 from rewards.numbers import extract_answer, gold_number, gsm8k_answer, last_number, same_number
 
@@ -39,20 +44,43 @@ def gold_answers(completions, columns, reward: str) -> list[str | None]:
 
 
 def check_answer(prompts, completions, **columns) -> list[float | None]:
-    """B's answer reward (original). guess = `solution_block(completion)`, true = the `answer` column.
+    """B's answer reward (original). guess = `solution_answer(completion)` [D5], true = the `answer` column.
 
     | case (first that applies)                                   | reward |
     |-------------------------------------------------------------|--------|
-    | no answer extracted (B's exact layout missing)              | −2.0   |
+    | no `<end_working_out>`…`<SOLUTION>`x`</SOLUTION>` (x ≥ 1 char; text may follow) | −2.0 |
     | guess == true                                               | +5.0   |
     | guess.strip() == true.strip()                               | +3.5   |
     | ratio = float(guess)/float(true) with 0.9 ≤ ratio ≤ 1.1      | +2.0   |
     | 0.8 ≤ ratio ≤ 1.2                                           | +1.5   |
     | other ratio (also nan, inf)                                 | −2.5   |
     | guess or true not a float, or true = 0 [D1]                 | −4.5   |
+
+    The guess is the first block after `<end_working_out>`, up to its first `</SOLUTION>`.
+    """
+    return [None if true is None else _check_answer(solution_answer(completion_text(c)), true)
+            for c, true in zip(completions, gold_answers(completions, columns, "check_answer"))]
+
+
+def check_answer_strict(prompts, completions, **columns) -> list[float | None]:
+    """check_answer on `match_format_exactly`'s layout only (ours; this library's check_answer before
+    issue #13). guess = `solution_block(completion)`: `</SOLUTION>` must end the completion [D5].
+
+    | case (first that applies)                                   | reward |
+    |-------------------------------------------------------------|--------|
+    | not match_format_exactly's layout (e.g. text after `</SOLUTION>`) | −2.0 |
+    | guess == true                                               | +5.0   |
+    | guess.strip() == true.strip()                               | +3.5   |
+    | ratio = float(guess)/float(true) with 0.9 ≤ ratio ≤ 1.1      | +2.0   |
+    | 0.8 ≤ ratio ≤ 1.2                                           | +1.5   |
+    | other ratio (also nan, inf)                                 | −2.5   |
+    | guess or true not a float, or true = 0 [D1]                 | −4.5   |
+
+    The guess runs from the first `<SOLUTION>` after `<end_working_out>` to the final `</SOLUTION>`, so
+    two solution blocks make one guess with tags inside it (−4.5), as the anchored regex reads them.
     """
     return [None if true is None else _check_answer(solution_block(completion_text(c)), true)
-            for c, true in zip(completions, gold_answers(completions, columns, "check_answer"))]
+            for c, true in zip(completions, gold_answers(completions, columns, "check_answer_strict"))]
 
 
 def _check_answer(guess: str | None, true: str) -> float:

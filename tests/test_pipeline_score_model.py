@@ -199,6 +199,25 @@ def test_bad_score_rows_are_reported_with_the_line_they_start_on(tmp_path):
         load_score_rows(write_csv(tmp_path / "e.csv", [("a", "b", "0.5")], header=("sql", "reasoning", "target")))
 
 
+def test_targets_too_large_for_a_float_are_data_errors_naming_the_row(tmp_path):
+    # issue #13 item 6(d): a 400-digit integer target raised OverflowError out of load_score_rows
+    keys = {"sql": "SELECT 1", "reasoning": "r", "predicted_nl": "q"}
+    lines = [json.dumps({**keys, "target": 0.5}), json.dumps({**keys, "similarity_with_penalty": 10 ** 400}),
+             json.dumps(keys)[:-1] + ', "target": 1e400}', json.dumps({**keys, "target": -(10 ** 400)})]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        load_score_rows(path)
+    message = str(err.value)
+    assert "3 bad row(s)" in message and f"{path}:1:" not in message
+    assert all(f"{path}:{line}: " in message for line in (2, 3, 4))
+    assert f"{path}:2: similarity_with_penalty must be a number in [0, 1], got an integer of 401 digits" in message
+    assert max(map(len, message.splitlines())) < 200  # the 401 digits are not printed
+    csv_path = write_csv(tmp_path / "d.csv", [("SELECT 1", "r", "q", "9" * 400)])
+    with pytest.raises(DataError, match=f"{csv_path}:2: similarity_with_penalty must be a number in"):
+        load_score_rows(csv_path)
+
+
 def test_regression_metrics_hand_worked():
     m = regression_metrics([0.5, None, 0.2], [0.3, 0.9, 0.6])
     # valid errors: 0.5 − 0.3 = 0.2 and 0.2 − 0.6 = −0.4 → MSE (0.04 + 0.16)/2 = 0.1, MAE 0.3, RMSE √0.1

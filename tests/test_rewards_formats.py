@@ -3,7 +3,7 @@ readers checked against the original regexes on random tag soups."""
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from rewards import formats
@@ -39,6 +39,29 @@ def test_read_score_needs_think_tag_and_one_number_in_unit_interval():
     assert formats.read_score("<think>x</think><score>0.2 0.3</score>") is None
     assert formats.read_score("<think>x</think><score>nan</score>") is None
     assert formats.read_score("<think>x</think><score>-0.0</score>") == 0.0
+
+
+def test_read_score_accepts_think_tags_in_any_case_as_the_original_does():
+    # issue #13 item 6(c), REWARDS.md A: <THINK> matched case-insensitively (was None → reward −1)
+    assert formats.read_score("<THINK>x</THINK><score>0.25</score>") == 0.25
+    assert formats.read_score("<Think>x</think>\n<score>0.5</score>") == 0.5
+
+
+def test_read_score_reads_only_a_score_after_the_thinking_closes():
+    # issue #13 item 6(c): a <score> inside the thinking does not count (it was read: 0.9)
+    assert formats.read_score("<think>maybe <score>0.9</score>?</think><score>0.2</score>") == 0.2
+    assert formats.read_score("<think>unclosed <score>0.9</score>") is None
+    assert formats.read_score("<score>0.9</score><think>x</think>") is None
+    assert formats.read_score("</think><think>x <score>0.9</score>") is None  # </think> before <think>
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<think>r</think><score>0.5</score>", 1.0),
+    ("<THINK>r</THINK><score>0.5</score>", 0.0),               # ours stays case-sensitive
+    ("<think>r <score>0.5</score></think><score>0.5</score>", 0.0),  # repeated tag
+])
+def test_think_score_format_keeps_its_case_sensitive_layout(text, expected):
+    assert score(formats.think_score_format, text) == [expected]
 
 
 # ------------------------------------------------------------------ B
@@ -150,6 +173,26 @@ SOUP = st.lists(st.sampled_from(["<end_working_out>", "<SOLUTION>", "</SOLUTION>
 def test_solution_block_equals_the_original_regex_without_multiline(text):
     original = re.search(r"<end_working_out>.*?<SOLUTION>(.+?)</SOLUTION>\s*$", text, re.DOTALL)
     assert formats.solution_block(text) == (original.group(1) if original else None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(SOUP)
+def test_solution_answer_equals_the_original_regex_without_its_end_anchor(text):
+    original = re.search(r"<end_working_out>.*?<SOLUTION>(.+?)</SOLUTION>", text, re.DOTALL)
+    assert formats.solution_answer(text) == (original.group(1) if original else None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["<think>", "</think>", "<THINK>", "</Think>", "<score>0.5</score>", "<score> 0.7\n",
+                                 "<score>", "</score>", "0.5", " ", "x"]), max_size=10).map("".join))
+@example("<THINK>x</Think><score>0.5</score>").via("case-insensitive tags")
+@example("<think><score>0.5</score></think>").via("a score inside the thinking")
+def test_read_score_equals_the_first_score_after_the_first_close_after_the_first_open(text):
+    opened = re.search("<think>", text, re.IGNORECASE)
+    closed = opened and re.search("</think>", text[opened.end():], re.IGNORECASE)
+    block = closed and re.search("<score>(.*?)</score>", text[opened.end() + closed.end():], re.DOTALL)
+    expected = float(block.group(1)) if block and re.fullmatch(r"\s*0\.[57]\s*", block.group(1)) else None
+    assert formats.read_score(text) == expected
 
 
 @settings(max_examples=400, deadline=None)

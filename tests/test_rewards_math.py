@@ -93,6 +93,53 @@ def test_check_answer_gives_none_without_a_gold_answer():
     assert math_answers.check_answer(None, [b("3")], answer=[None]) == [None]
 
 
+def test_check_answer_reads_the_answer_when_text_follows_the_solution_block():
+    # issue #13 item 2: the original's extraction has no end anchor, so a sign-off after </SOLUTION>
+    # keeps the exact-match 5.0 (it scored -2.0, "no answer", when </SOLUTION> had to end the text)
+    text = "Six times seven.<end_working_out><SOLUTION>42</SOLUTION>\nI hope this helps!"
+    texts = [text, b("42") + " thanks", b(" 42 ") + "\n\nDone."]
+    assert run(math_answers.check_answer, texts, "42") == [5.0, 5.0, 3.5]
+
+
+def test_check_answer_takes_the_first_solution_block_after_end_working_out():
+    # guess "7" (first block): 7/42 = 0.17, no band → −2.5; the later "42" is not read
+    text = "w<end_working_out><SOLUTION>7</SOLUTION> no wait <SOLUTION>42</SOLUTION>"
+    assert run(math_answers.check_answer, [text], "42") == [-2.5]
+
+
+def _original_check_answer(text: str, true: str) -> float:
+    """REWARDS.md B longhand: match_format_exactly's regex without `\\s*$`, then the original's bands."""
+    found = re.search(r"<end_working_out>.*?<SOLUTION>(.+?)</SOLUTION>", text, re.DOTALL)
+    if found is None:
+        return -2.0
+    guess = found.group(1)
+    if guess == true:
+        return 5.0
+    if guess.strip() == true.strip():
+        return 3.5
+    try:
+        ratio = float(guess) / float(true)
+    except Exception:  # the original's bare except
+        return -4.5
+    return 2.0 if 0.9 <= ratio <= 1.1 else 1.5 if 0.8 <= ratio <= 1.2 else -2.5
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["<end_working_out>", "<SOLUTION>", "</SOLUTION>", " ", "\n", "x", "4", "2",
+                                 "4.1", "!"]), max_size=12).map("".join))
+def test_check_answer_equals_the_original_unanchored_extraction_and_bands(text):
+    assert run(math_answers.check_answer, [text], "42") == [_original_check_answer(text, "42")]
+
+
+@pytest.mark.parametrize("text, expected", [
+    (b("5"), 5.0), (b("5") + " \n", 5.0),      # the solution block ends the completion
+    (b("5") + "\nI hope this helps!", -2.0),    # text after </SOLUTION>: no answer extracted
+    (b("7"), -2.5),                              # past the layout check, the bands of check_answer
+])
+def test_check_answer_strict_needs_the_solution_block_to_end_the_completion(text, expected):
+    assert run(math_answers.check_answer_strict, [text], "5") == [expected]
+
+
 # ------------------------------------------------------------------ check_numbers (B, original)
 @pytest.mark.parametrize("text, expected", [
     ("no solution tag 5", -2.5),

@@ -64,3 +64,25 @@ def test_target_may_be_text_or_an_alias_column_and_missing_targets_give_none(fn)
     assert fn(None, [out(0.5)], target=[0.5]) == [1.0]
     with pytest.raises(ValueError, match="similarity_with_penalty"):
         fn(None, [out(0.5)], answer=["0.5"])
+
+
+@pytest.mark.parametrize("fn", [score_model.score_exp, score_model.score_quadratic])
+def test_think_tags_in_any_case_are_read_as_the_original_does(fn):
+    # issue #13 item 6(c): "<THINK>" gave −1 (invalid); the original matches it case-insensitively
+    text = "<THINK>\nthe SQL counts rows\n</THINK>\n<score>0.5</score>"
+    assert fn(None, [text], similarity_with_penalty=[0.5]) == [1.0]
+
+
+@pytest.mark.parametrize("fn", [score_model.score_exp, score_model.score_quadratic])
+def test_a_score_inside_the_thinking_does_not_count(fn):
+    # issue #13 item 6(c): the 0.1 inside <think> was read (reward 2·e^(−1.6) − 1 = −0.60 against 0.9)
+    text = "<think>first guess <score>0.1</score>, no</think><score>0.9</score>"
+    assert fn(None, [text], similarity_with_penalty=[0.9]) == [1.0]
+    assert fn(None, ["<think>never closed <score>0.9</score>"], similarity_with_penalty=[0.9]) == [-1.0]
+
+
+@pytest.mark.parametrize("fn", [score_model.score_exp, score_model.score_quadratic])
+def test_a_target_too_large_for_a_float_gives_none_without_raising(fn):
+    # issue #13 item 6(d): float(10**400) raised OverflowError out of the reward
+    targets = [10 ** 400, -(10 ** 400), "1" * 400, "1e400", 1e400]
+    assert fn(None, [out(0.5)] * len(targets), similarity_with_penalty=targets) == [None] * len(targets)

@@ -20,7 +20,9 @@ Implementation details:
 [D1] CSV rows are located as "file:line" with the line where the record starts (a quoted field may
      span lines); every bad row is listed before one DataError is raised, as `grpo.data.rows` does.
 [D2] The target is stored as a float under `similarity_with_penalty` and `target` (CSV cells are
-     text); it must be a finite number in [0, 1], else the row is reported.
+     text); it must be a finite number in [0, 1], else the row is reported. A number too large for a
+     float (1e400, an integer of 400 digits) is reported the same way; it used to escape as an
+     OverflowError naming no row (issue #13 item 6(d)). Long values are shortened in the message.
 [D3] Parsing a generation (`split_generation`): the question is the first `<question>…</question>`;
      else the text after the last "question:" on a line; else the last non-empty line of more than
      ten characters that is not a step/reasoning header; else the last non-empty line (as the original).
@@ -92,11 +94,22 @@ def _with_target(row: Row, where: str = "") -> Row:
     value = row[key]
     try:
         target = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, OverflowError):  # OverflowError: int beyond float range
         target = math.nan
     if isinstance(value, bool) or not (math.isfinite(target) and 0.0 <= target <= 1.0):  # [D2]
-        raise DataError(f"{prefix}{key} must be a number in [0, 1], got {value!r}")
+        raise DataError(f"{prefix}{key} must be a number in [0, 1], got {_shown(value)}")
     return {**row, "similarity_with_penalty": target, "target": target}
+
+
+def _shown(value) -> str:
+    """`value` for an error message, long integers and texts shortened [D2]."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -10 ** 20 < value < 10 ** 20:
+        try:
+            return f"an integer of {len(str(abs(value)))} digits"
+        except ValueError:  # Python will not write an integer of more than 4300 digits
+            return "an integer of more than 4300 digits"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}… ({len(text)} characters)"
 
 
 def load_score_rows(source: str | Path, limit: int | None = None) -> list[Row]:
