@@ -22,6 +22,8 @@
      prompt rows form a group. The joint pass is kept for batches without repeated prompts, under
      gradient checkpointing (Hugging Face turns the cache off there) and for models whose cache
      cannot be indexed along the batch.
+[D6] The KV cache is passed under the keyword the installed transformers names it (`cache_kwarg`):
+     `past_key_values` is deprecated in 5.2x and removed in 5.40, and `cache` does not exist before.
 """
 from __future__ import annotations
 
@@ -75,6 +77,14 @@ def completion_hidden_states(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Te
     return out.last_hidden_state[:, P - 1:-1]  # [N, T, D]  [D1]
 
 
+def cache_kwarg(module) -> str:
+    """The keyword a Hugging Face forward takes its KV cache by: `cache` (transformers ≥ 5.2x; the old
+    `past_key_values` warns and goes in 5.40) or `past_key_values` (older versions) [D6]."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 def _checkpointing(lm) -> bool:
     flag = "is_activation_checkpointing" if hasattr(type(lm), "is_activation_checkpointing") \
         else "is_gradient_checkpointing"  # renamed in transformers 5
@@ -99,8 +109,9 @@ def _shared_prompt_hidden(lm, prompt_ids, completion_ids, mask, position_ids, fi
     decoder = lm.get_decoder()
     try:
         cache = DynamicCache(config=lm.config)
+        key = cache_kwarg(decoder)  # [D6]
         out = decoder(input_ids=prompt_ids[first], attention_mask=mask[first, :P],
-                      position_ids=position_ids[first, :P], past_key_values=cache, use_cache=True)
+                      position_ids=position_ids[first, :P], **{key: cache}, use_cache=True)
         cache.batch_select_indices(inverse)  # [U, …] → [N, …]; autograd sums the group's gradients
     except (AttributeError, TypeError, ValueError, NotImplementedError):
         return None
@@ -108,7 +119,7 @@ def _shared_prompt_hidden(lm, prompt_ids, completion_ids, mask, position_ids, fi
     if T == 1:
         return last
     rest = decoder(input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1],
-                   position_ids=position_ids[:, P:-1], past_key_values=cache, use_cache=True,
+                   position_ids=position_ids[:, P:-1], **{key: cache}, use_cache=True,
                    cache_position=torch.arange(P, P + T - 1, device=mask.device)).last_hidden_state  # [N, T−1, D]
     return torch.cat([last, rest], 1)  # [N, T, D]
 

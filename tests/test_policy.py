@@ -116,3 +116,17 @@ def test_prompt_groups_finds_runs_of_equal_rows():
     mask2 = mask.clone()
     mask2[1, 0] = True
     assert prompt_groups(ids, mask2)[0].tolist() == [0, 1, 2, 5]
+
+
+def test_the_kv_cache_goes_by_the_keyword_this_transformers_takes_without_a_deprecation_warning(lora64):
+    """transformers 5.2x renamed `past_key_values` to `cache` and warns on every forward of the old name
+    (removed in 5.40, where the shared-prompt pass would have lost its cache) [D6]."""
+    import warnings
+
+    model, tok = lora64
+    ids, mask, comp, cmask = _batch(tok, G=2, T=4)
+    assert policy.cache_kwarg(causal_lm(model).get_decoder()) in ("cache", "past_key_values")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        completion_logprobs(model, ids, mask, comp, cmask, share_prompt=True)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
