@@ -5,7 +5,9 @@
     out = s.generate(model, tok, prompts)          # the same with a script's GenerationSettings
 
 Sampling goes through `grpo.rollout.sample_group` (G = 1), so temperature / top-k / top-p mean exactly
-what they mean in training; `greedy=True` takes the argmax with Hugging Face `generate` instead.
+what they mean in training; `greedy=True` takes the argmax with Hugging Face `generate` instead. Neither
+applies anything from the checkpoint's generation_config but its token ids (grpo.rollout [D5]): greedy is
+the model's own argmax, not the argmax after a shipped repetition penalty.
 Completions end at the first EOS (`grpo.rollout.completion_mask`); texts are decoded without special
 tokens.
 """
@@ -16,7 +18,8 @@ from typing import Any, Sequence
 
 import torch
 
-from grpo.rollout import Sampling, completion_mask, encode_prompts, eos_token_ids, sample_group
+from grpo.rollout import (Sampling, completion_mask, encode_prompts, eos_token_ids, only_our_generation_config,
+                          sample_group)
 from grpo.run import progress
 
 
@@ -69,7 +72,8 @@ def _greedy(model, tok, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: i
     eos = eos_token_ids(model, tok)
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
                               eos_token_id=eos)
-    out = model.generate(input_ids=ids, attention_mask=mask.long(), generation_config=config)
+    with only_our_generation_config(model, config):  # the checkpoint's penalties too (grpo.rollout [D5])
+        out = model.generate(input_ids=ids, attention_mask=mask.long(), generation_config=config)
     completion_ids = out[:, ids.shape[1]:]  # [B, T]
     cmask, ended = completion_mask(completion_ids, eos_ids=eos)  # [B, T], [B]
     texts = [tok.decode(row[m], skip_special_tokens=True) for row, m in zip(completion_ids, cmask)]

@@ -22,14 +22,30 @@ One call, `sample_group`, turns B prompts into N = B·G completions:
 [D4] Positions after the end of a completion are padding: the mask ends at the first EOS (inclusive);
      for stop strings, at the token whose text completes the first stop string (found by binary search
      on decoded prefixes, since "prefix contains a stop string" is monotone in the prefix length).
+[D5] Nothing is inherited from the checkpoint's `generation_config.json`: `generate` fills every field we
+     leave unset from `model.generation_config`, and many of those fields switch processors on
+     (repetition_penalty, no_repeat_ngram_size, bad_words_ids, suppress_tokens, min_new_tokens,
+     sequence_bias, forced_eos_token_id, …, some before ours, some after) or change the decoding mode
+     (num_beams, prompt_lookup_num_tokens, …). The samples would then come from a penalised distribution
+     while the recorded log-probs, the entropies and the loss assume softmax(z / T) (ALGORITHMS.md §1;
+     issue #13: a shipped repetition_penalty of 1.05 put the recorded log-probs 0.15 off a forward pass). So
+     during `generate` the model's generation_config is swapped for one holding only its token ids
+     (bos/eos/pad/decoder-start: they end and pad sequences, they shape no distribution), and the
+     checkpoint fields this drops are named once per model on stderr. A penalty, if ever wanted, is
+     one of our settings, applied in `_SamplerAndRecorder` where [D3] says which distribution is recorded.
 """
 from __future__ import annotations
 
+import contextlib
+import sys
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import torch
 
+from grpo import distributed as dd
+from grpo.policy import cache_kwarg, causal_lm
 from kernels import token_logprobs_and_entropy
 
 
@@ -185,6 +201,59 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+# ------------------------------------------------------------------------------------- generation_config
+KEPT_GENERATION_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")  # [D5]
+_noted_models: "weakref.WeakSet[Any]" = weakref.WeakSet()  # models whose ignored fields were printed [D5]
+
+
+def ignored_generation_fields(checkpoint, config) -> dict[str, Any]:
+    """The fields the checkpoint's generation_config sets that `generate(generation_config=config)` will not
+    apply once only KEPT_GENERATION_FIELDS are inherited [D5]: those set to something other than the value
+    the call uses (config's, else transformers' global default). Off values (None, False, 0) are not listed.
+    """
+    from transformers import GenerationConfig
+
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", dict)()  # transformers >= 5
+    ignored = {}
+    for key, value in checkpoint.to_diff_dict().items():
+        if key in KEPT_GENERATION_FIELDS or key.startswith("_") or key == "transformers_version":
+            continue
+        used = getattr(config, key, None)
+        used = defaults.get(key) if used is None else used
+        if value != used and (value or used):
+            ignored[key] = value
+    return ignored
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def only_our_generation_config(model, config):
+    """Within the block, `model.generate(generation_config=config)` applies `config` and nothing from the
+    checkpoint's generation_config but its token ids; the ignored fields are printed once per model [D5]."""
+    from transformers import GenerationConfig
+
+    lm = causal_lm(model)  # the Hugging Face model whose generation_config `generate` merges (PEFT too)
+    saved = getattr(lm, "generation_config", None)
+    if saved is None:
+        yield
+        return
+    ignored = ignored_generation_fields(saved, config)
+    if ignored and lm not in _noted_models and dd.rank() == 0:  # every rank loads the same checkpoint
+        _noted_models.add(lm)
+        print("note: ignoring the checkpoint's generation_config " +
+              ", ".join(f"{k}={_short(repr(v))}" for k, v in ignored.items()) +
+              " (generation applies only our settings: temperature, top_k, top_p, min_p, max_new_tokens, "
+              "stop_strings; grpo.rollout [D5])", file=sys.stderr)
+    lm.generation_config = GenerationConfig(**{k: getattr(saved, k, None) for k in KEPT_GENERATION_FIELDS})
+    try:
+        yield
+    finally:
+        lm.generation_config = saved
+
+
 @torch.no_grad()
 def sample_group(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, G: int,
                  sampling: Sampling, generator_seed: int | None = None) -> Rollout:
@@ -197,7 +266,8 @@ def sample_group(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.
     mask = prompt_mask.repeat_interleave(G, 0).long()  # [N, P]
     config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,  # [D2]
                               max_new_tokens=sampling.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=eos, stop_strings=list(sampling.stop_strings) or None)
+                              eos_token_id=eos, stop_strings=list(sampling.stop_strings) or None,
+                              use_cache=True)  # the prefilled cache [D1] must be read
     recorder = _SamplerAndRecorder(sampling, P)
     kwargs: dict[str, Any] = dict(generation_config=config, logits_processor=LogitsProcessorList([recorder]))
     if sampling.stop_strings:
@@ -205,19 +275,22 @@ def sample_group(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.
     if G > 1 and P > 1:  # [D1]
         try:
             cache = DynamicCache(config=model.config)
+            key = cache_kwarg(causal_lm(model))  # `cache` in transformers 5.2x (grpo.policy [D6])
             pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P]
             model(input_ids=prompt_ids[:, :-1], attention_mask=prompt_mask[:, :-1].long(),
-                  position_ids=pos[:, :-1], past_key_values=cache, use_cache=True)
+                  position_ids=pos[:, :-1], **{key: cache}, use_cache=True)
             cache.batch_repeat_interleave(G)
-            kwargs["past_key_values"] = cache
+            kwargs[key] = cache
         except (AttributeError, TypeError, ValueError, NotImplementedError):
+            kwargs.pop("cache", None)
             kwargs.pop("past_key_values", None)
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # [N, P + T]
+        with only_our_generation_config(model, config):  # [D5]
+            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # [N, P + T]
     finally:
         model.train(was_training)
     completion_ids = out[:, P:]  # [N, T]

@@ -1,7 +1,7 @@
 """Entropy-guided score of a sampled completion (GEM / GenPref-SEGA, arXiv 2511.13007, Eq. 1).
 
 Score, per completion a, from the policy's own next-token distributions at temperature 1 (the *model*
-distribution, ALGORITHMS.md §1), over completion tokens only:
+distribution, ALGORITHMS.md §1), over completion tokens only, by default without a final EOS token:
 
     S(a) = −H_final(a) + λ · mean(top-m of {H_t : t ∈ reasoning span})
 
@@ -16,7 +16,8 @@ distribution, ALGORITHMS.md §1), over completion tokens only:
 Symbol → code:
 
     H_t                  entropy                     (N, T) fp32, from grpo.policy.completion_logprobs
-    n, completion tokens completion_mask             (N, T) bool, a prefix of each row (up to the first EOS)
+    completion tokens    completion_mask             (N, T) bool, a prefix of each row (up to the first EOS)
+    n, scored tokens     score_mask                  (N, T) bool, completion_mask less a final EOS [D8]
     final span           final_mask                  (N, T) bool
     reasoning span       reasoning_mask              (N, T) bool
     marker position      final_start                 (N,) long, first final-span token; −1 = no marker
@@ -34,8 +35,9 @@ Implementation details:
 [D2] The *last* marker occurrence counts (the largest end character over all markers): a model may
      quote "Final Answer:" while reasoning. The final span starts at the first token carrying any
      character after the marker, so an answer merged with the marker's last character stays in the final
-     span, and it runs to the end of the completion, the EOS token included (it is a completion token).
-     A marker with nothing at all after it (a truncated completion) counts as not found.
+     span, and it runs to the end of the scored tokens (without the EOS token by default [D8]). A marker
+     with nothing at all after it (a truncated completion, or "Final Answer:" right before EOS when the
+     EOS is left out) counts as not found: the fallback span [D3] is scored, never an empty one.
 [D3] Fallback span: n_final = clamp(⌈f·n⌉, 1, n), computed in float64 with a 1e-9 guard against
      representation error (0.28·25 = 7.000000000000001 must give 7, not 8); the official code's
      int(0.8·n) split is the same count. `final_window` w, when set, replaces f: n_final = min(w, n).
@@ -49,6 +51,14 @@ Implementation details:
      forward pass (causal attention already keeps later tokens out of earlier positions).
 [D7] Scores carry no gradient (sg in Eq. 2); entropies come from the fused LM-head kernel, so the
      (N, T, V) logits are never materialised (grpo.policy [D3]).
+[D8] The EOS token that ends a completion is left out of both spans by default (`include_eos=False`;
+     ALGORITHMS.md §4): its entropy is that of *stopping*, so with "Final Answer:" right before EOS the
+     final span would be the EOS alone and H_final would score how sure the model is to stop, not the
+     answer; and in the fraction span it would stand in for one answer token. It stays a completion
+     token for the loss (it is sampled and trained). `include_eos=True` scores it too (this module's
+     behaviour before issue #13). EOS ids are the sampler's (grpo.rollout.eos_token_ids), so the token
+     the mask ends on is the one dropped; a completion ended by a stop string or the length limit loses
+     nothing.
 """
 from __future__ import annotations
 
@@ -104,6 +114,23 @@ def marker_final_start(tokenizer, completion_ids: torch.Tensor, completion_mask:
     return starts.to(completion_ids.device)
 
 
+def score_mask(completion_ids: torch.Tensor, completion_mask: torch.Tensor, *, eos_ids: Sequence[int],
+               include_eos: bool = False) -> torch.Tensor:
+    """The tokens Eq. 1 reads: completion_mask without its last token when that token is an EOS [D8].
+
+    Args: completion_ids (N, T) long; completion_mask (N, T) bool, a prefix of each row.
+    Returns: (N, T) bool, again a prefix of each row (completion_mask itself when include_eos).
+    """
+    if include_eos:
+        return completion_mask
+    n = completion_mask.sum(-1)  # (N,)
+    last = completion_ids.gather(1, (n - 1).clamp(min=0)[:, None]).squeeze(1)  # (N,) the last completion token
+    eos = torch.tensor(list(eos_ids), dtype=completion_ids.dtype, device=completion_ids.device)
+    ends_with_eos = (n > 0) & torch.isin(last, eos)  # (N,)
+    pos = torch.arange(completion_mask.shape[1], device=completion_mask.device)  # (T,)
+    return pos < (n - ends_with_eos.long())[:, None]  # (N, T)
+
+
 def span_masks(completion_mask: torch.Tensor, final_start: torch.Tensor | None = None, *,
                final_frac: float = 0.2, final_window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """final span = [final_start, n) when a marker was found, else the last clamp(⌈f·n⌉, 1, n) tokens
@@ -154,15 +181,17 @@ def entropy_score(entropy: torch.Tensor, final_mask: torch.Tensor, reasoning_mas
 def score_completions(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                       completion_ids: torch.Tensor, completion_mask: torch.Tensor, *,
                       markers: Sequence[str] = DEFAULT_MARKERS, final_frac: float = 0.2,
-                      final_window: int | None = None, top_m: float = 0.1,
-                      lambda_fork: float = 1.0) -> EntropyScore:
+                      final_window: int | None = None, top_m: float = 0.1, lambda_fork: float = 1.0,
+                      include_eos: bool = False) -> EntropyScore:
     """Eq. 1 for N sampled completions: one forward pass of the policy at T = 1, spans, score.
 
     Args: prompt_ids/prompt_mask (N, P) left padded; completion_ids/completion_mask (N, T) right padded,
-        the mask a prefix of each row (up to and including the first EOS).
+        the mask a prefix of each row (up to and including the first EOS). include_eos: score the final
+        EOS token as well [D8].
     Returns: EntropyScore, (N,) fields: reshape to (B, k) for filtering.
     """
     from grpo.policy import completion_logprobs
+    from grpo.rollout import eos_token_ids
 
     assert completion_mask.dtype == torch.bool and prompt_mask.dtype == torch.bool, "masks must be bool"
     n = completion_mask.sum(-1, keepdim=True)  # (N, 1)
@@ -172,7 +201,9 @@ def score_completions(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: t
     completion_ids = completion_ids.masked_fill(~completion_mask, 0)  # (N, T)  [D6]
     _, entropy = completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                                      temperature=1.0)  # (N, T)  model distribution at T = 1  [D7]
-    final_start = marker_final_start(tokenizer, completion_ids.cpu(), completion_mask.cpu(), markers=markers)
-    final_mask, reasoning_mask = span_masks(completion_mask, final_start.to(completion_mask.device),
+    scored = score_mask(completion_ids, completion_mask, eos_ids=eos_token_ids(model, tokenizer),
+                        include_eos=include_eos)  # (N, T)  [D8]
+    final_start = marker_final_start(tokenizer, completion_ids.cpu(), scored.cpu(), markers=markers)
+    final_mask, reasoning_mask = span_masks(scored, final_start.to(scored.device),
                                             final_frac=final_frac, final_window=final_window)
     return entropy_score(entropy, final_mask, reasoning_mask, lambda_fork=lambda_fork, top_m=top_m)

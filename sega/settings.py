@@ -59,6 +59,8 @@ class SegaSettings(RunSettings, OptimSettings, ModelSettings):
     """final span without a marker: the last N tokens (replaces final_frac when set)"""
     markers: list[str] = field(default_factory=lambda: list(DEFAULT_MARKERS))
     """final-answer markers; the final span starts after the last one found"""
+    score_include_eos: bool = False
+    """score the EOS token that ends a candidate too (its entropy is that of stopping; sega.scoring [D8])"""
     # --- 3. cognitive filtering
     drop_low_outliers: bool = False
     """leave out candidates scoring below Q1 − iqr_factor·(Q3 − Q1) of their group"""

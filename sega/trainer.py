@@ -97,7 +97,8 @@ class SegaTrainer:
                 parts = [score_completions(self.model, self.tok, r.prompt_ids[sl], r.prompt_mask[sl],
                                            r.completion_ids[sl], r.completion_mask[sl], markers=cfg.markers,
                                            final_frac=cfg.final_frac, final_window=cfg.final_window,
-                                           top_m=cfg.top_m, lambda_fork=cfg.lambda_fork)
+                                           top_m=cfg.top_m, lambda_fork=cfg.lambda_fork,
+                                           include_eos=cfg.score_include_eos)
                          for sl in self._row_slices(len(r.completions))]
         finally:
             self.model.train(was_training)

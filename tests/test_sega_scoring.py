@@ -10,7 +10,7 @@ try:  # tests/ is a package in this tree (tests/__init__.py); plain rootdir impo
     from tests.conftest import TOL
 except ImportError:
     from conftest import TOL
-from sega.scoring import entropy_score, marker_final_start, score_completions, span_masks
+from sega.scoring import entropy_score, marker_final_start, score_completions, score_mask, span_masks
 
 F32 = TOL[torch.float32]
 
@@ -207,15 +207,16 @@ def test_marker_span_score_matches_float64_reference(tiny):
 
 
 # ----------------------------------------------------------------------------- end to end on a model
-def ref_model_scores(model, prompts, completions, lam, top_m, final_frac):
-    """Unpadded single-sequence forward, entropies longhand in float64, fraction spans."""
+def ref_model_scores(model, prompts, completions, lam, top_m, final_frac, eos=None):
+    """Unpadded single-sequence forward, entropies longhand in float64, fraction spans; a final `eos`
+    token (None: keep it) is left out of both spans."""
     out = []
     for p, c in zip(prompts, completions):
         ids = torch.tensor([p + c])
         logits = model(ids).logits[0].double()[len(p) - 1:-1]  # (n, V): position P−1+t predicts token t
         logq = logits.log_softmax(-1)
         h = (-(logq.exp() * logq).sum(-1)).tolist()
-        n = len(c)
+        n = len(c) - (eos is not None and c[-1] == eos)
         out.append(ref_score(h, n - ref_n_final(n, final_frac=final_frac), n, lam, top_m)[0])
     return torch.tensor(out, dtype=torch.float64)
 
@@ -229,12 +230,98 @@ def test_score_completions_matches_reference_and_never_reads_padding_or_post_eos
     prompt_mask = torch.tensor([[False] * (P - len(p)) + [True] * len(p) for p in prompts])
     completion_ids = torch.tensor([c + [tok.pad_token_id] * (T - len(c)) for c in completions])
     completion_mask = prefix_mask([len(c) for c in completions], T)
-    kw = dict(markers=(), final_frac=0.25, top_m=0.5, lambda_fork=0.4)
-    clean = score_completions(model, tok, prompt_ids, prompt_mask, completion_ids, completion_mask, **kw)
-    # ids far outside the vocabulary crash an embedding lookup: if they were read, this would raise
-    big = 10 ** 6
-    dirty = score_completions(model, tok, prompt_ids.masked_fill(~prompt_mask, big), prompt_mask,
-                              completion_ids.masked_fill(~completion_mask, big), completion_mask, **kw)
-    assert torch.equal(clean.score, dirty.score)
-    ref = ref_model_scores(model, prompts, completions, 0.4, 0.5, 0.25)
-    torch.testing.assert_close(clean.score.double(), ref.double(), **F32)
+    for include_eos in (False, True):  # the last row has no EOS (truncated): the option changes nothing there
+        kw = dict(markers=(), final_frac=0.25, top_m=0.5, lambda_fork=0.4, include_eos=include_eos)
+        clean = score_completions(model, tok, prompt_ids, prompt_mask, completion_ids, completion_mask, **kw)
+        # ids far outside the vocabulary crash an embedding lookup: if they were read, this would raise
+        big = 10 ** 6
+        dirty = score_completions(model, tok, prompt_ids.masked_fill(~prompt_mask, big), prompt_mask,
+                                  completion_ids.masked_fill(~completion_mask, big), completion_mask, **kw)
+        assert torch.equal(clean.score, dirty.score)
+        ref = ref_model_scores(model, prompts, completions, 0.4, 0.5, 0.25,
+                               eos=None if include_eos else tok.eos_token_id)
+        torch.testing.assert_close(clean.score.double(), ref.double(), **F32)
+
+
+# ----------------------------------------------------------------------------- the final EOS token [D8]
+def test_score_mask_drops_only_a_final_eos_token():
+    ids = torch.tensor([[5, 6, 2, 0], [5, 6, 7, 8], [2, 0, 0, 0], [0, 0, 0, 0], [5, 2, 0, 0]])
+    mask = prefix_mask([3, 4, 1, 0, 1], 4)  # row 4 ends at a stop string before its EOS
+    assert score_mask(ids, mask, eos_ids=[2]).int().tolist() == [
+        [1, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]]
+    assert torch.equal(score_mask(ids, mask, eos_ids=[2], include_eos=True), mask)
+
+
+def test_hand_worked_score_leaves_the_final_eos_out_by_default():
+    # 6 completion tokens, the last the EOS; H = [0.5, 2.0, 1.0, 3.0, 0.2 | EOS 4.0]; λ = 0.4, top_m = 0.5,
+    # final_frac = 0.2.
+    # default, EOS left out: n = 5 → ⌈0.2·5⌉ = 1 final token {0.2} → H_final = 0.2;
+    #   reasoning = first 4, m = ⌊0.5·4⌋ = 2 → top-2 {3.0, 2.0} → 2.5;  S = −0.2 + 0.4·2.5 = 0.8
+    # include_eos: n = 6 → ⌈0.2·6⌉ = ⌈1.2⌉ = 2 final tokens {0.2, 4.0} → H_final = 2.1 (the entropy of
+    #   stopping dominates); reasoning = first 4 as before → 2.5;  S = −2.1 + 0.4·2.5 = −1.1
+    eos = 2
+    ids = torch.tensor([[11, 12, 13, 14, 15, eos, 0]])
+    h = torch.tensor([[0.5, 2.0, 1.0, 3.0, 0.2, 4.0, 9.9]], dtype=torch.float64)  # 9.9: padding
+    mask = prefix_mask([6], 7)
+    expected = {False: (0.2, 2.5, 0.8, [4]), True: (2.1, 2.5, -1.1, [4, 5])}
+    for include_eos, (h_final, fork, score, final_tokens) in expected.items():
+        scored = score_mask(ids, mask, eos_ids=[eos], include_eos=include_eos)
+        final_mask, reasoning_mask = span_masks(scored, final_frac=0.2)
+        out = entropy_score(h, final_mask, reasoning_mask, lambda_fork=0.4, top_m=0.5)
+        assert final_mask[0].nonzero().flatten().tolist() == final_tokens
+        assert out.h_final.item() == pytest.approx(h_final)
+        assert out.fork_entropy.item() == pytest.approx(fork)
+        assert out.score.item() == pytest.approx(score)
+
+
+def test_a_marker_right_before_eos_does_not_score_the_entropy_of_stopping(tiny):
+    from grpo.policy import completion_logprobs
+
+    model, tok = tiny
+    texts = ["Step 1: 3 + 4 = 7.\nFinal Answer: 7", "Step 1: 3 + 4 = 7.\nFinal Answer:"]
+    completion_ids, completion_mask, lengths = encode_rows(tok, texts, 24)
+    prompt_ids, prompt_mask = torch.tensor([[5, 6, 7]] * 2), torch.ones(2, 3, dtype=torch.bool)
+    kw = dict(final_frac=0.2, top_m=0.5, lambda_fork=0.4)
+    default = score_completions(model, tok, prompt_ids, prompt_mask, completion_ids, completion_mask, **kw)
+    with_eos = score_completions(model, tok, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                 include_eos=True, **kw)
+    n0, n1 = lengths
+    answer = marker_final_start(tok, completion_ids[:1], completion_mask[:1]).item()
+    # row 0: the answer " 7" without / with the EOS
+    assert default.final_mask[0].nonzero().flatten().tolist() == list(range(answer, n0 - 1))
+    assert with_eos.final_mask[0].nonzero().flatten().tolist() == list(range(answer, n0))
+    # row 1: "Final Answer:" then EOS. With the EOS the final span is the EOS alone, H_final = the entropy of
+    # stopping; without it nothing follows the marker, so the fraction span of the n − 1 text tokens is used
+    assert with_eos.final_mask[1].nonzero().flatten().tolist() == [n1 - 1]
+    k = ref_n_final(n1 - 1, final_frac=0.2)
+    assert default.final_mask[1].nonzero().flatten().tolist() == list(range(n1 - 1 - k, n1 - 1))
+    _, entropy = completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask)  # T = 1
+    assert with_eos.h_final[1].item() == pytest.approx(entropy[1, n1 - 1].item(), rel=1e-5)
+    assert default.h_final[1].item() == pytest.approx(entropy[1, n1 - 1 - k:n1 - 1].mean().item(), rel=1e-5)
+
+
+def test_sega_trainer_passes_score_include_eos_to_the_score(tmp_path, monkeypatch):
+    from grpo.models import load_model
+    from grpo.optim import make_optimizer, make_scheduler
+    from sega import trainer as sega_trainer
+    from sega.data import load_pairs
+    from sega.settings import SegaSettings
+
+    assert SegaSettings().score_include_eos is False  # default: the EOS token is not scored
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["include_eos"])
+        return score_completions(*args, **kwargs)
+
+    monkeypatch.setattr(sega_trainer, "score_completions", spy)
+    model, tok = load_model("tiny-llama", cache_dir=tmp_path, use_lora=False)
+    for include_eos in (False, True):
+        cfg = SegaSettings(model="tiny-llama", use_lora=False, k=2, batch_size=1, gen_max_new_tokens=4,
+                           score_include_eos=include_eos)
+        opt = make_optimizer(list(model.parameters()), name="adamw", lr=1e-3, weight_decay=0.0)
+        sched = make_scheduler(opt, kind="constant", warmup_steps=0, total_steps=1)
+        trainer = sega_trainer.SegaTrainer(cfg, model, tok, load_pairs("bundled", "train", limit=2), opt, sched)
+        trainer.collect()
+        assert seen[-1] is include_eos
