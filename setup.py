@@ -2,16 +2,21 @@
 
 torch is pinned only from below: on the project's CPU machines `pip install torch==2.13.0` (a CPU build)
 is installed first by scripts/setup_env.sh, and this range then installs nothing more.
+The ranges below say what the code needs; the versions it was tested with are pinned in constraints.txt,
+which scripts/setup_env.sh (and so CI) installs with.
 """
 from setuptools import find_packages, setup
 
 setup(
     name="grpo-sega",
-    version="0.1.0",  # kept < 0.18: transformers probes a hub package also named `kernels` by version
+    # Kept outside transformers' hub-kernels range (0.18.2 <= v < 0.19 in 5.24): transformers reads this as the
+    # version of a package named `kernels`, and one in range makes it import Hugging Face's names from ours
+    # (kernels/__init__.py [K1]; tests/test_kernels_name_clash.py).
+    version="0.1.0",
     description="Readable, reference-tested GRPO / DAPO / Dr. GRPO / GSPO and SEGA in pure PyTorch",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # transformers 5.2x (constraints.txt) needs 3.11
     packages=find_packages(include=["grpo", "grpo.*", "sega", "sega.*", "rewards", "rewards.*",
                                     "kernels", "kernels.*"]),
     package_data={"grpo": ["data/*.jsonl", "data/*.json"], "sega": ["data/*.jsonl"]},

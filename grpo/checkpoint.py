@@ -6,9 +6,11 @@
         tokenizer files
         trainer_state.pt    optimiser, scheduler, every rank's RNG states, step, data-order state
         trainer_state.json  the human-readable part (step, ranks, sha256 of each rank's trainable weights)
+        manifest.json       size and sha256 of every file above, written last (grpo.manifest)
 
 [D1] A checkpoint folder is complete or absent: it is written into a temporary folder and renamed
-     (grpo.run.atomic_dir). `--resume` takes the newest complete one.
+     (grpo.atomic.atomic_dir). `--resume` takes the newest intact one [D6]; a full disk stops the run
+     with one line naming the checkpoint and leaves no part of it (grpo.atomic [D3]).
 [D2] The adapter's `base_model_name_or_path` is rewritten to the name the run loaded (e.g.
      `smollm2-135m`), so `load_model(<checkpoint>)` finds the base again on any machine.
 [D3] Only the newest `keep` checkpoints are kept; `final/` is never deleted.
@@ -18,17 +20,27 @@
      more ranks than wrote the checkpoint starts the extra ranks' streams from their seed.
 [D5] No NaN model is ever saved: a trainable weight holding NaN or ±inf stops the save (issue #13;
      grpo.optim [D1] keeps non-finite steps from reaching the weights in the first place).
+[D6] Damaged checkpoints (issue #14 item 4: truncated, emptied or missing files, an empty step-* folder,
+     flipped bytes) are found by their manifest before anything is loaded: `newest_intact` walks back from
+     the newest, and the loop sets each damaged one it passed aside as step-N.damaged (kept for the user,
+     no longer resumed nor pruned as one of the newest; grpo.run [D4]).
+[D7] On resume the optimiser's moments and step counts and the schedule's position come from the
+     checkpoint; its hyperparameters (learning rate, weight decay) and the schedule's peak are this leg's
+     settings (`--resume --learning-rate 0.5` trains at 0.5, where loading the state dict silently kept
+     the old rate), and the rate is recomputed for the restored position under this leg's schedule.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from grpo.run import atomic_dir, atomic_write_json, rng_state, set_rng_state
+from grpo import manifest
+from grpo.run import atomic_dir, atomic_write_json, list_checkpoints, rng_state, set_rng_state
 
 
 def _unwrap(model):
@@ -68,12 +80,50 @@ def save_checkpoint(path: str | Path, *, model, tokenizer, optimizer, scheduler=
     path = Path(path)
     with atomic_dir(path) as tmp:
         save_model(model, tokenizer, tmp / "model", base_name=base_name)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "rng_per_rank": rng_states or [rng_state()], "data": data_state or {}},
-                   tmp / "trainer_state.pt")
+        _torch_save({"step": step, "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                     "rng_per_rank": rng_states or [rng_state()], "data": data_state or {}},
+                    tmp / "trainer_state.pt")
         atomic_write_json(tmp / "trainer_state.json", {"step": step, **(info or {})})
+        manifest.write_manifest(tmp)  # last [D6]
     return path
+
+
+class _Recorder:
+    """A file whose failed `write` is remembered: torch.save reports a full disk only as "unexpected pos"."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """torch.save that raises the OSError of a failed write itself (grpo.atomic [D3])."""
+    f = open(path, "wb")
+    out = _Recorder(f)
+    try:
+        torch.save(obj, out)
+        f.flush()
+        os.fsync(f.fileno())
+    except Exception:
+        if out.error is not None:
+            raise out.error from None
+        raise
+    finally:
+        try:
+            f.close()
+        except OSError:  # the buffered bytes of a failed write: already reported
+            if out.error is None:
+                raise
 
 
 def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, rank: int = 0) -> dict[str, Any]:
@@ -102,9 +152,19 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
     if optimizer is not None:
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]  # this leg's
         optimizer.load_state_dict(state["optimizer"])
+        for group, mine in zip(optimizer.param_groups, settings):
+            group.update(mine)  # [D7]
     if scheduler is not None and state.get("scheduler") is not None:
+        peaks = list(scheduler.base_lrs)
         scheduler.load_state_dict(state["scheduler"])
+        scheduler.base_lrs = peaks  # [D7]
+        factors = getattr(scheduler, "lr_lambdas", None)  # LambdaLR (grpo.optim): lr = peak · f(position)
+        if optimizer is not None and factors is not None:
+            for group, peak, f in zip(optimizer.param_groups, peaks, factors):
+                group["lr"] = peak * f(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     rngs = state["rng_per_rank"] if "rng_per_rank" in state else [state["rng"]]  # "rng": one-process format
     if rank < len(rngs):
         set_rng_state(rngs[rank])
@@ -112,7 +172,29 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
 
 
 def prune_checkpoints(folder: str | Path, *, keep: int) -> None:
-    """Delete all but the newest `keep` complete step-* folders [D3]."""
-    done = sorted(p for p in Path(folder).glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+    """Delete all but the newest `keep` step-* folders [D3] (damaged ones set aside are not counted [D6])."""
+    done = list_checkpoints(folder)
     for old in done[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def newest_intact(folder: str | Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest checkpoint in `folder` whose manifest checks out [D6], and the (checkpoint, problem)
+    of each newer one passed over; (None, all of them) when none is intact."""
+    skipped: list[tuple[Path, str]] = []
+    for ckpt in reversed(list_checkpoints(folder)):
+        why = manifest.problem(ckpt)
+        if why is None:
+            return ckpt, skipped
+        skipped.append((ckpt, why))
+    return None, skipped
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Rename a damaged checkpoint to step-N.damaged (or .damaged-2, …) [D6]; returns the new path."""
+    target, n = ckpt.with_name(ckpt.name + ".damaged"), 1
+    while target.exists():
+        n += 1
+        target = ckpt.with_name(f"{ckpt.name}.damaged-{n}")
+    os.replace(ckpt, target)
+    return target

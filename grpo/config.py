@@ -17,6 +17,19 @@
      line `error: ...` and exits with status 2, never with a traceback from inside a library.
 [D8] Under torchrun an error that every rank raises alike is printed by rank 0 only (all ranks still
      exit with 2); an error of one rank (its node lacks a file) is printed by that rank.
+[D9] Ranges are checked before anything loads: each settings class declares the valid range of its own
+     fields, and the rules between them, in a `validate()` method built from the helpers below
+     (`at_least(self, "num_generations", 2, why=...)`). `parse_settings` runs the `validate()` of every
+     class in the MRO, base classes first, once the config file and the flags are applied (a rule between
+     two settings must not fail on a half-applied layer), and before the config is printed. A value out
+     of range is one line `invalid value of <setting> = <value>: <what is allowed>` (a ConfigError, so
+     torchrun prints it once [D8]). None passes every range check: where a field may be None, None is its
+     documented "off" or "default". Rules that need the number of processes read torchrun's WORLD_SIZE
+     from the environment: torch.distributed has not started yet.
+[D10] Floats are finite: NaN and ±inf are rejected for every float setting, from a file or a flag.
+[D11] A config file is UTF-8 text (a BOM is allowed). An empty one, or YAML holding only comments, is an
+     error in either format ("empty config file"): it is more likely the wrong or a truncated file than
+     a wish for the defaults, which `{}` (or no --config at all) asks for explicitly.
 """
 from __future__ import annotations
 
@@ -26,6 +39,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import math
 import os
 import sys
 import textwrap
@@ -88,6 +102,9 @@ def _check_type(key: str, value: Any, tp: Any, where: str) -> Any:
         for arg in args:
             if arg is type(None) and value is None:
                 return None
+        others = [arg for arg in args if arg is not type(None)]
+        if len(others) == 1:  # Optional[X]: X's own message (e.g. "must be a finite number")
+            return _check_type(key, value, others[0], where)
         for arg in args:
             if arg is type(None):
                 continue
@@ -111,6 +128,8 @@ def _check_type(key: str, value: Any, tp: Any, where: str) -> Any:
         return dict(value)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # [D10]
+                raise ConfigError(f"{where}: `{key}` must be a finite number, got {value!r}")
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -143,14 +162,20 @@ def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
     return ConfigError(f"{where}: unknown key `{key}`{hint}. Valid keys: {', '.join(valid)}")
 
 
-# ------------------------------------------------------------------------------------- files and flags
+# ------------------------------------------------------------------------------------- files
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON or YAML (by suffix) config file into a dict, with errors naming the file [D5]."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # [D11]
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          "save the config file as UTF-8") from None
+    empty = ConfigError(f"{path}: empty config file; write the settings, or {{}} for none")
+    if not text.strip():
+        raise empty
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -162,8 +187,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
     except Exception as e:  # yaml.YAMLError carries its own line/column in str(e)
         raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
-    if data is None:
-        return {}
+    if data is None:  # YAML holding only comments [D11]
+        raise empty
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of setting names to values")
     return data
@@ -184,6 +209,69 @@ def settings_from_dict(cls: type[S], data: dict[str, Any], *, where: str = "conf
         return cls(**values)
     except (TypeError, ValueError) as e:  # __post_init__ validation or a missing required field
         raise ConfigError(f"{where}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------- ranges [D9]
+def invalid(name: str, value: Any, allowed: str) -> ConfigError:
+    """The one-line error of a setting out of its range [D9]: the setting, its value, what is allowed."""
+    return ConfigError(f"invalid value of {name} = {value!r}: {allowed}")
+
+
+def require(settings: Any, name: str, ok: bool, allowed: str) -> None:
+    """Raise `invalid` for the field `name` of `settings` unless `ok`."""
+    if not ok:
+        raise invalid(name, getattr(settings, name), allowed)
+
+
+def _why(why: str) -> str:
+    return f" ({why})" if why else ""
+
+
+def at_least(settings: Any, name: str, low: float, *, why: str = "") -> None:
+    """settings.<name> >= low; None passes [D9]."""
+    value = getattr(settings, name)
+    require(settings, name, value is None or value >= low, f"must be >= {low}{_why(why)}")
+
+
+def above(settings: Any, name: str, low: float, *, why: str = "") -> None:
+    """settings.<name> > low; None passes [D9]."""
+    value = getattr(settings, name)
+    require(settings, name, value is None or value > low, f"must be > {low}{_why(why)}")
+
+
+def within(settings: Any, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False,
+           why: str = "") -> None:
+    """low <= settings.<name> <= high, an end excluded when open; None passes [D9]."""
+    value = getattr(settings, name)
+    ok = value is None or ((value > low if low_open else value >= low)
+                           and (value < high if high_open else value <= high))
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    require(settings, name, ok, f"must be in {interval}{_why(why)}")
+
+
+def path_name(settings: Any, name: str, *, kind: str = "folder") -> None:
+    """settings.<name> names a folder (or file) of its own: not blank, and not ending in '.' or '..' (the
+    folder itself or the one above, e.g. the outputs root); None passes [D9]."""
+    value = getattr(settings, name)
+    require(settings, name, value is None or (bool(value.strip()) and Path(value).name not in ("", ".", "..")),
+            f"must name a {kind} of its own (not empty, '.' or '..')")
+
+
+SEED_RANGE = (0, 2**32 - 1)  # what NumPy, torch and Python all accept
+
+
+def check_settings(settings: Any) -> None:
+    """Run the `validate()` of every class in the MRO of `settings`, base classes first [D9]."""
+    for klass in reversed(type(settings).__mro__):
+        validate = vars(klass).get("validate")
+        if validate is not None:
+            validate(settings)
+
+
+# ------------------------------------------------------------------------------------- flags
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):  # a flag without its value: one line, not argparse's usage and exit [D5]
+        raise ConfigError(f"command line: {message}")
 
 
 def _parse_flag(key: str, text: str, tp: Any) -> Any:
@@ -245,13 +333,14 @@ def _apply_config_file(cls: type[S], path: str, section: str | None) -> S:
 def parse_settings(cls: type[S], argv: list[str] | None = None, *, description: str | None = None,
                    print_config: bool = True, section: str | None = None,
                    aliases: dict[str, str] | None = None) -> S:
-    """Defaults < `--config FILE` (its `common` + `section` parts [D6]) < flags [D1]."""
+    """Defaults < `--config FILE` (its `common` + `section` parts [D6]) < flags [D1], then every class's
+    `validate()` [D9]: a bad value stops here, before any model, data or run folder."""
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [_rename_flag(a, aliases or {}) for a in argv]  # [D7]
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _ArgumentParser(description=description, allow_abbrev=False,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="JSON or YAML file of settings, applied before the flags below")
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         names = dict.fromkeys([f"--{f.name.replace('_', '-')}", f"--{f.name}"])  # [D3]
@@ -276,6 +365,7 @@ def parse_settings(cls: type[S], argv: list[str] | None = None, *, description: 
         settings = _apply_config_file(cls, ns["config"], section)
     flags = {k: _parse_flag(k, v, hints[k]) for k, v in ns.items() if k != "config"}
     settings = settings_from_dict(cls, flags, where="command line", base=settings)
+    check_settings(settings)  # [D9]
     if print_config:
         print(format_settings(settings), file=sys.stderr)
     return settings

@@ -38,6 +38,12 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def env_world_size() -> int:
+    """The number of processes from torchrun's environment (1 without torchrun), before any init: what
+    settings that split a batch over the ranks are checked against (grpo.config [D9])."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def local_rank() -> int:
     """This process's rank on its node (torchrun's LOCAL_RANK; 0 without torchrun)."""
     return int(os.environ.get("LOCAL_RANK", "0"))

@@ -18,6 +18,9 @@ from typing import Any, Sequence
 
 import torch
 
+from grpo.config import SEED_RANGE, at_least, require, within
+from grpo.data.prompts import resolve_max_prompt_length, truncate_prompts_left
+from grpo.policy import causal_lm
 from grpo.rollout import (Sampling, completion_mask, encode_prompts, eos_token_ids, only_our_generation_config,
                           sample_group)
 from grpo.run import progress
@@ -49,20 +52,23 @@ class GenerationSettings:
     seed: int = 0
     """sampling seed"""
 
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError(f"batch_size and max_new_tokens must be >= 1, got {self.batch_size} and "
-                             f"{self.max_new_tokens}")
-        if not self.greedy and self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling (greedy=true takes the argmax), "
-                             f"got {self.temperature}")
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9])."""
+        at_least(self, "batch_size", 1)
+        at_least(self, "max_new_tokens", 1)
+        require(self, "temperature", self.greedy or self.temperature > 0,
+                "must be > 0 when sampling (greedy = true takes the argmax)")
+        at_least(self, "top_k", 0, why="0 = off")
+        within(self, "top_p", 0, 1, low_open=True, why="1 = off")
+        within(self, "seed", *SEED_RANGE)
 
     def generate(self, model, tok, prompts: Sequence[Any], *, prompt_suffix: str = "",
                  desc: str = "generate") -> "Generations":
-        """`generate_texts` with these settings."""
+        """`generate_texts` with these settings (and `max_prompt_length` when the script has PromptSettings)."""
         return generate_texts(model, tok, prompts, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
                               greedy=self.greedy, temperature=self.temperature, top_k=self.top_k,
-                              top_p=self.top_p, prompt_suffix=prompt_suffix, desc=desc)
+                              top_p=self.top_p, prompt_suffix=prompt_suffix, desc=desc,
+                              max_prompt_length=getattr(self, "max_prompt_length", None))
 
 
 @torch.no_grad()
@@ -82,16 +88,24 @@ def _greedy(model, tok, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: i
 
 def generate_texts(model, tok, prompts: Sequence[Any], *, batch_size: int, max_new_tokens: int,
                    greedy: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                   prompt_suffix: str = "", desc: str = "generate") -> Generations:
-    """One completion for each prompt (chat messages or raw strings), `batch_size` prompts at a time."""
+                   prompt_suffix: str = "", desc: str = "generate", max_prompt_length: int | None = None
+                   ) -> Generations:
+    """One completion for each prompt (chat messages or raw strings), `batch_size` prompts at a time.
+
+    A prompt longer than `max_prompt_length` (default: the model's positions − max_new_tokens) keeps its
+    last tokens, as in training (grpo.data.prompts); evaluation never drops a row, so every accuracy has
+    the same denominator.
+    """
     assert batch_size >= 1 and max_new_tokens >= 1, "batch_size and max_new_tokens must be >= 1"
     device = next(model.parameters()).device
+    limit = resolve_max_prompt_length(max_prompt_length, causal_lm(model).config, max_new_tokens=max_new_tokens)
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     out = Generations()
     with progress(total=len(prompts), desc=desc) as bar:
         for i in range(0, len(prompts), batch_size):
             batch = list(prompts[i:i + batch_size])
             ids, mask = encode_prompts(tok, batch, device=device, generation_suffix=prompt_suffix)  # [B, P]
+            ids, mask, _ = truncate_prompts_left(ids, mask, max_prompt_length=limit)  # [B, ≤ P_max]
             if greedy:
                 texts, lengths, truncated = _greedy(model, tok, ids, mask, max_new_tokens)
             else:

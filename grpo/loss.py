@@ -103,7 +103,7 @@ def sequence_ratio(logp: torch.Tensor, old_logp: torch.Tensor, completion_mask: 
     [D11]. Returns (N, T).
     """
     log_ratio = torch.where(completion_mask, logp - old_logp, 0.0)  # (N, T)  [D3]
-    mean_log_ratio = log_ratio.sum(-1, keepdim=True) / completion_mask.sum(-1, keepdim=True).clamp(min=1)  # (N, 1)
+    mean_log_ratio = log_ratio.sum(-1, keepdim=True) / completion_mask.sum(-1, keepdim=True).clamp(min=1)  # (N,1)
     if max_log_ratio is not None:
         mean_log_ratio = torch.minimum(mean_log_ratio, max_log_ratio)  # [D11]
     return torch.exp(mean_log_ratio).expand_as(logp)  # (N, T)

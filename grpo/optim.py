@@ -21,7 +21,7 @@ from typing import Literal, Optional
 
 import torch
 
-from grpo.config import UserError
+from grpo.config import UserError, above, at_least, require, within
 
 
 @dataclass
@@ -42,6 +42,17 @@ class OptimSettings:
     """clip the global gradient norm to this; 0 = no clipping (the norm is still logged)"""
     max_skipped_steps: int = 3
     """stop after this many optimiser steps in a row skipped for a non-finite loss or gradient norm [D1]"""
+
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9])."""
+        above(self, "learning_rate", 0)
+        at_least(self, "weight_decay", 0)
+        within(self, "warmup_ratio", 0, 1)
+        at_least(self, "max_grad_norm", 0, why="0 = no clipping")
+        at_least(self, "max_skipped_steps", 1)
+        if hasattr(self, "use_lora"):  # the model of a training script (grpo.models.ModelSettings)
+            require(self, "use_lora", self.use_lora or not self.load_in_4bit,
+                    "must be true with load_in_4bit = true: 4-bit weights are frozen, only a LoRA adapter trains")
 
     def make_optimizer(self, params: list[torch.Tensor], *, total_steps: int, warmup_steps: Optional[int] = None):
         """(optimizer, scheduler) over `params` for `total_steps` optimiser steps; the warm-up lasts

@@ -1,39 +1,45 @@
-"""Run outputs: one directory layout, atomic writes, a metrics writer, seeding and progress bars.
+"""Run outputs: one directory layout, a metrics writer, seeding and progress bars.
 
 Every script writes into one run directory:
 
     outputs/<run>/
-        config.json        the resolved settings (written at start)
-        metrics.jsonl      one JSON object per logged step (appended, flushed per line)
-        checkpoints/       step-NNNNNN/ folders, each complete before it appears (atomic rename)
-        final/             the final model (adapter or full weights) and tokenizer
-        ...                script-specific outputs (plots, CSVs), all written atomically
+        config.json          the resolved settings as the run started (written at start, never rewritten)
+        config.resume-N.json the settings of the N-th `--resume` leg (grpo.run_claim [C4])
+        metrics.jsonl        one JSON object per logged step (appended, flushed per line)
+        checkpoints/         step-NNNNNN/ folders, each complete before it appears (atomic rename) and
+                             carrying a manifest of checksums (grpo.manifest)
+        final/               the final model (adapter or full weights) and tokenizer
+        .lock                held by the process writing the run (grpo.run_claim [C3])
+        ...                  script-specific outputs (plots, CSVs), all written atomically
 
-[D1] Atomic writes: content goes to a temporary file in the *same* directory (so `os.replace` is a
-     rename on one filesystem), is flushed and fsynced, then renamed over the target. A reader sees
-     the old file or the new one, never half of one. Directories use the same idea (`atomic_dir`).
+[D1] Atomic writes (grpo.atomic, re-exported here): a reader sees the old file or the new one, never
+     half of one; modes follow the umask; a full disk is one line naming the path.
 [D2] metrics.jsonl is append-only; each line is written with one `write` call and flushed, so a crash
      loses at most the line being written. On resume, lines with step > the resumed step are dropped
      first, so the file reads as if the run had never stopped.
 [D3] metrics.jsonl is strict JSON: a NaN or ±inf metric (a skipped step's gradient norm) is written as
      null, never as the bare NaN / Infinity that Python writes and strict parsers reject.
+[D4] Only folders named exactly step-<digits> are checkpoints: temporaries (`.step-….tmp`) and
+     checkpoints set aside as damaged (`step-….damaged`, grpo.checkpoint [D6]) are neither resumed nor
+     counted when old checkpoints are pruned.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
-import shutil
+import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import torch
+
+from grpo.atomic import (WriteError, atomic_dir, atomic_path, atomic_write_bytes,  # noqa: F401  (re-exported)
+                         atomic_write_json, atomic_write_text, json_default, write_failure)
 
 OUTPUT_ROOT_ENV = "GRPO_OUTPUT_ROOT"  # where named runs live; default ./outputs
 
@@ -68,38 +74,24 @@ class RunSettings:
     save_total_limit: int = 2
     """keep only the newest N checkpoints"""
     resume: bool = False
-    """continue from the newest checkpoint of this run"""
+    """continue from the newest intact checkpoint of this run (settings that decide what is trained must match)"""
+    overwrite: bool = False
+    """replace the run already in this folder (without it a fresh run refuses a folder that holds one)"""
     tensorboard: bool = False
     """also write TensorBoard event files"""
 
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9])."""
+        from grpo.config import SEED_RANGE, at_least, path_name, within
 
-# ------------------------------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` atomically [D1]; parent directories are created."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+        path_name(self, "run_name")  # '' or '..' would write into the outputs root or above it
+        within(self, "seed", *SEED_RANGE)
+        at_least(self, "logging_steps", 1)
+        at_least(self, "save_steps", 0, why="0 = only at the end")
+        at_least(self, "save_total_limit", 1)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
+# ------------------------------------------------------------------------------------- reports
 def markdown_table(title: str, rows: Iterable[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     """A title, then a Markdown table with one row per dict; `columns` = (key, format spec) pairs."""
     lines = [title, "", "| " + " | ".join(c for c, _ in columns) + " |", "|" + "---|" * len(columns)]
@@ -121,58 +113,6 @@ def write_report(out: str | os.PathLike, *, text: str, rows: Iterable[dict[str, 
         for r in rows:
             w.writerow({**{c: r[c] for c in columns}, **csv_extra})
     atomic_write_json(out.with_suffix(".json"), payload)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary file path beside `path`; rename it onto `path` only if the block succeeds.
-
-    For writers that insist on a file name (matplotlib's savefig, torch.save, CSV writers) [D1].
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp{path.suffix}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside `path`; on success it replaces `path` whole [D1].
-
-    An existing `path` is moved aside first and removed only after the new one is in place.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.item() if obj.numel() == 1 else obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.dtype):
-        return str(obj).removeprefix("torch.")
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 # ------------------------------------------------------------------------------------- run directory
@@ -204,13 +144,23 @@ class RunDir:
         return self.checkpoints / f"step-{step:06d}"
 
     def latest_checkpoint(self) -> Path | None:
-        done = sorted(p for p in self.checkpoints.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        done = list_checkpoints(self.checkpoints)
         return done[-1] if done else None
 
-    def save_config(self, config: Any) -> Path:
+    def save_config(self, config: Any, path: str | os.PathLike | None = None) -> Path:
         from dataclasses import asdict, is_dataclass
 
-        return atomic_write_json(self.config_file, asdict(config) if is_dataclass(config) else config)
+        return atomic_write_json(path or self.config_file, asdict(config) if is_dataclass(config) else config)
+
+
+STEP_FOLDER = re.compile(r"step-\d+")
+
+
+def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The checkpoint folders in `folder`, oldest first [D4]."""
+    folder = Path(folder)
+    found = [p for p in folder.iterdir() if STEP_FOLDER.fullmatch(p.name) and p.is_dir()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
 
 
 def resolve_run_path(name_or_path: str | os.PathLike) -> Path:
@@ -235,8 +185,12 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if truncate_after_step is not None and self.path.exists():  # [D2]
             kept = [r for r in read_metrics(self.path) if r.get("step", -1) <= truncate_after_step]
-            atomic_write_text(self.path, "".join(json.dumps(r, default=_json_default) + "\n" for r in kept))
-        self._file = open(self.path, "a", encoding="utf-8")
+            atomic_write_text(self.path, "".join(json.dumps(r, default=json_default) + "\n" for r in kept))
+        self._failed = False
+        try:
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise WriteError(self.path, write_failure(e) or str(e)) from None
         self._tb = None
         if tensorboard_dir is not None:
             try:
@@ -247,8 +201,15 @@ class MetricsWriter:
 
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row, default=_json_default, allow_nan=False) + "\n")  # one write [D2] [D3]
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(row, default=json_default, allow_nan=False) + "\n")  # one write [D2] [D3]
+            self._file.flush()
+        except OSError as e:  # a full disk: one line naming the file (grpo.atomic [D3])
+            cause = write_failure(e)
+            if cause is None:
+                raise
+            self._failed = True
+            raise WriteError(self.path, cause) from None
         if self._tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "step":
@@ -256,7 +217,11 @@ class MetricsWriter:
         return row
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            if not self._failed:  # after a failed write, closing retries the same lost line: already reported
+                raise
         if self._tb is not None:
             self._tb.close()
 

@@ -9,13 +9,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+import rewards
+from grpo.config import above, at_least, invalid, require, within
+from grpo.distributed import env_world_size
 from grpo.models import ModelSettings
 from grpo.optim import OptimSettings
 from grpo.run import RunSettings
+from grpo.tasks import PRESET_OF_TASK
 
 
 @dataclass
-class PromptSettings:
+class PromptLengthSettings:
+    """How long a prompt may be (grpo.data.prompts): GRPO, SEGA and evaluation share these."""
+
+    max_prompt_length: Optional[int] = None
+    """most prompt tokens the model sees (TRL's name); null = the model's positions − the completion length"""
+    prompt_overflow: Literal["truncate_left", "reject"] = "truncate_left"
+    """a longer prompt: keep its last max_prompt_length tokens (as TRL), or drop its row before training (counted)"""
+
+    def validate(self) -> None:
+        at_least(self, "max_prompt_length", 1, why="null = the model's positions − the completion length")
+
+
+@dataclass
+class PromptSettings(PromptLengthSettings):
     """How a task's prompts are presented: the system message and the text that primes the reply."""
 
     prompt_suffix: Optional[str] = None
@@ -45,6 +62,19 @@ class TaskSettings(PromptSettings, ModelSettings):
     """one weight per reward function; empty = all 1.0"""
     non_finite_rewards: Literal["error", "none"] = "error"
     """a reward of ±inf: stop with an error naming the function and row, or treat it as None (counted)"""
+
+    def validate(self) -> None:
+        """The task and its reward functions, checked before any data loads (grpo.config [D9])."""
+        require(self, "task", self.task in PRESET_OF_TASK, f"unknown task; valid tasks: {', '.join(PRESET_OF_TASK)}")
+        unknown = [n for n in self.reward_funcs if ":" not in n and n not in rewards.REWARD_FUNCTIONS]
+        if unknown:
+            raise invalid("reward_funcs", self.reward_funcs, f"unknown reward function {unknown[0]!r}; valid names: "
+                          f"{', '.join(sorted(rewards.REWARD_FUNCTIONS))}, or module:function")
+        names = self.reward_funcs or rewards.PRESETS[PRESET_OF_TASK[self.task]]
+        require(self, "reward_weights", not self.reward_weights or len(self.reward_weights) == len(names),
+                f"must have one weight for each of the {len(names)} reward functions "
+                f"({'' if self.reward_funcs else f'the preset of task {self.task}: '}{', '.join(names)}), "
+                "or be empty for all 1.0")
 
     def load_task(self, *, split: str = "train", limit: Optional[int] = None):
         """`grpo.tasks.load_task` with these settings."""
@@ -117,3 +147,38 @@ class GRPOSettings(RunSettings, OptimSettings, TaskSettings):
     # --- run (and RunSettings: seed, logging_steps, save_steps, save_total_limit, resume, tensorboard)
     run_name: str = "grpo"
     """run folder: a name under outputs/ ($GRPO_OUTPUT_ROOT) or a path containing '/'"""
+
+    def validate(self) -> None:
+        """Ranges and the rules between settings, checked before anything loads (grpo.config [D9])."""
+        at_least(self, "dataset_limit", 1, why="null = every row")
+        # sampling
+        at_least(self, "prompts_per_step", 1)
+        world = env_world_size()
+        require(self, "prompts_per_step", self.prompts_per_step % world == 0,
+                f"must be divisible by the number of processes, WORLD_SIZE = {world} (each samples an equal share)")
+        at_least(self, "num_generations", 2, why="the group baseline needs two completions per prompt")
+        at_least(self, "max_completion_length", 1)
+        above(self, "temperature", 0)
+        within(self, "top_p", 0, 1, low_open=True, why="1 = off")
+        at_least(self, "top_k", 0, why="0 = off")
+        within(self, "min_p", 0, 1, why="0 = off")
+        require(self, "stop_strings", all(self.stop_strings),
+                "must not hold an empty string (it would end every completion)")
+        # objective
+        at_least(self, "adv_eps", 0)
+        within(self, "epsilon", 0, 1, why="the ratio's lower clip is 1 - epsilon")
+        at_least(self, "epsilon_high", 0)
+        require(self, "delta", self.delta is None or self.delta >= 1 + self.epsilon_high,
+                f"must be >= 1 + epsilon_high = {1 + self.epsilon_high:g}, or null = off (grpo.loss [D5])")
+        at_least(self, "beta", 0, why="0 = no KL term")
+        at_least(self, "num_iterations", 1)
+        require(self, "overlong_cache_length", 0 <= self.overlong_cache_length <= self.max_completion_length,
+                f"must be in [0, max_completion_length = {self.max_completion_length}] (0 = off)")
+        within(self, "top_entropy_quantile", 0, 1, low_open=True, why="1 = every token")
+        require(self, "token_normalizer", self.loss_type != "dr_grpo" or self.token_normalizer == "all_tokens",
+                "must be all_tokens with loss_type = dr_grpo, whose normaliser is a constant (grpo.loss [D7])")
+        at_least(self, "entropy_coef", 0, why="0 = off")
+        at_least(self, "max_resample_rounds", 0)
+        # optimisation
+        at_least(self, "max_steps", 1)
+        at_least(self, "micro_batch_size", 1)

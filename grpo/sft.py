@@ -34,7 +34,8 @@ Implementation details:
 [D7] Several ranks (torchrun): every rank holds all examples and draws the same step order; rank r
      trains on examples r, r + K, … of each step, the normaliser |C| counts the whole step, and the
      gradients are summed over ranks (grpo.distributed [D1]), so a step's update does not depend on
-     the number of ranks. Rank 0 writes metrics.jsonl and final/.
+     the number of ranks. Rank 0 writes metrics.jsonl and final/; a full disk stops the run with one
+     line naming the file (grpo.atomic [D3]).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ import torch.nn.functional as F
 
 from grpo import distributed as dd
 from grpo.checkpoint import save_model
+from grpo.config import SEED_RANGE, at_least, within
 from grpo.models import autocast
 from grpo.optim import GuardedStep, OptimSettings
 from grpo.run import MetricsWriter, RunDir, progress
@@ -175,6 +177,14 @@ class SFTLoopSettings(OptimSettings):
     seed: int = 3407
     """seed of the data order, LoRA initialisation and dropout"""
 
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9])."""
+        at_least(self, "epochs", 1)
+        at_least(self, "max_steps", 0, why="0 = as many as epochs take")
+        at_least(self, "batch_size", 1)
+        at_least(self, "grad_accum", 1)
+        within(self, "seed", *SEED_RANGE)
+
 
 def step_batches(n: int, *, per_step: int, seed: int) -> Iterator[tuple[int, list[int]]]:
     """Yield (epoch, example indices of one optimiser step): a seeded permutation per epoch, cut into
@@ -211,7 +221,7 @@ def train_sft(model, tokenizer, examples: list[SFTExample], *, s: SFTLoopSetting
     t_start = time.perf_counter()
     writer = MetricsWriter(run.metrics_file, truncate_after_step=0) if rank == 0 else contextlib.nullcontext()
     with writer as metrics, progress(range(total), desc="sft", disable=None if rank == 0 else True) as bar:
-        for step in bar:  # (a rerun into the same folder starts a fresh log)
+        for step in bar:  # (a fresh log: a folder holding a run is refused or cleared first, grpo.run_claim)
             # 1. batch: this step's examples (this rank's share [D7]), in micro-batches of `batch_size`
             epoch, idx = next(batches)
             num_tokens = sum(examples[i].num_tokens for i in idx)  # |C| of the whole step [D5] [D7]

@@ -26,10 +26,14 @@ One *step* is one generation batch: B prompts (split over ranks) × G completion
 [D9] An optimiser step whose loss or gradient norm is not finite is not applied (grpo.optim
      `GuardedStep`); it is counted in `skipped_steps`, and the run stops after `max_skipped_steps`
      such steps in a row.
+[D10] Prompts longer than `max_prompt_length` (default: the model's positions − L) are cut from the left
+     when sampled, as TRL does, or their rows are dropped before the first step (`prompt_overflow`);
+     counted in `prompts/truncated` (grpo.data.prompts). A 100 KB question no longer reaches the model.
 """
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +42,7 @@ import torch
 
 from grpo import distributed as dd
 from grpo.config import UserError
+from grpo.data.prompts import fit_rows, prompt_lengths, resolve_max_prompt_length, truncate_prompts_left
 from grpo.advantages import group_advantages, overlong_penalty, weighted_rewards, zero_std_groups
 from grpo.loss import policy_loss
 from grpo.models import autocast
@@ -118,7 +123,10 @@ class GRPOTrainer:
         self.optimizer, self.scheduler, self.ref_model = optimizer, scheduler, ref_model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.rank, self.world = dd.rank(), dd.world_size()
-        self.sampler = PromptSampler(len(task.rows), cfg.seed)
+        self.max_prompt_length, self.task = fit_prompts(cfg, model, tokenizer, task,
+                                                        max_new_tokens=cfg.max_completion_length)  # [D10]
+        self.truncated_prompts = 0  # this step's prompts cut to max_prompt_length on this rank
+        self.sampler = PromptSampler(len(self.task.rows), cfg.seed)
         self.sampling = Sampling(max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
                                  top_p=cfg.top_p, top_k=cfg.top_k, min_p=cfg.min_p,
                                  stop_strings=tuple(cfg.stop_strings) or task.stop_strings)
@@ -139,6 +147,9 @@ class GRPOTrainer:
         suffix = rows[0].get("prompt_suffix", "")
         prompt_ids, prompt_mask = encode_prompts(self.tok, [r["prompt"] for r in rows], device=self.device,
                                                  generation_suffix=suffix)
+        prompt_ids, prompt_mask, cut = truncate_prompts_left(prompt_ids, prompt_mask,
+                                                             max_prompt_length=self.max_prompt_length)  # [D10]
+        self.truncated_prompts += int(cut.sum())
         with autocast(self.device, self.cfg.bf16):
             return rows, sample_group(self.model, self.tok, prompt_ids, prompt_mask, G=self.cfg.num_generations,
                                       sampling=self.sampling)
@@ -270,11 +281,30 @@ class GRPOTrainer:
 
     # one step ------------------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
+        self.truncated_prompts = 0
         batch, timing = self._collect()
         t0 = time.perf_counter()
         update = self._update(batch)
         timing["time/update"] = time.perf_counter() - t0
+        update["prompts/truncated"] = float(dd.all_reduce_sum(torch.tensor(float(self.truncated_prompts))
+                                                              .to(self.device)))
         return step_metrics(batch, update, timing, self.task.reward_names, lr=self.scheduler.get_last_lr()[0])
+
+
+def fit_prompts(cfg, model, tokenizer, task, *, max_new_tokens: int):
+    """(max_prompt_length, task with the rows to train on) [D10]: the limit from the settings or the model's
+    positions; with prompt_overflow=reject the longer prompts' rows are dropped once, here. One note on rank 0."""
+    import dataclasses
+
+    limit = resolve_max_prompt_length(cfg.max_prompt_length, model.config, max_new_tokens=max_new_tokens)
+    if limit is None:
+        return None, task
+    lengths = prompt_lengths(tokenizer, [r["prompt"] for r in task.rows],
+                             [r.get("prompt_suffix", "") for r in task.rows])
+    fit = fit_rows(task.rows, lengths, max_prompt_length=limit, overflow=cfg.prompt_overflow)
+    if fit.too_long and dd.rank() == 0:
+        print(fit.note(len(task.rows)), file=sys.stderr)
+    return limit, dataclasses.replace(task, rows=fit.rows)
 
 
 def _accumulate(stats: dict[str, list[float]], name: str, value: float, weight: float) -> None:
@@ -335,7 +365,8 @@ def step_metrics(batch: Batch, update: dict[str, float], timing: dict[str, float
         "completion_length": lengths.mean().item(), "completion_length_min": lengths.min().item(),
         "completion_length_max": lengths.max().item(), "truncated_frac": truncated.mean().item(),
         "sampling_entropy": (mean_entropy[0] / mean_entropy[1].clamp(min=1)).item(), "lr": lr,
-        "rewards/non_finite": float(dd.all_reduce_sum(torch.tensor(float(batch.non_finite), device=r.completion_ids.device))),
+        "rewards/non_finite": float(dd.all_reduce_sum(torch.tensor(float(batch.non_finite),
+                                                                   device=r.completion_ids.device))),
     }
     for j, name in enumerate(reward_names):
         m[f"rewards/{name}/mean"] = _nanmean(per_fn[..., j])

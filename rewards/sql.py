@@ -9,7 +9,11 @@ Implementation details:
      computed once per (context, gold) within a call: a generated write can never change the result
      it is compared with.
 [D2] Anything the sandbox refuses — time limit, ATTACH, extension loading, PRAGMA, several statements,
-     size limits — scores 0.0, without the 0.1·W type bonus an ordinary error keeps.
+     size limits — scores 0.0, without the 0.1·W type bonus an ordinary error keeps. Issue #13 item 4
+     overrides REWARDS.md C here: a query stopped for time or size scores 0 (before, a SELECT whose
+     printf ran 48 s kept the 0.2·W floor, an UPDATE that did so the 0.5·W of an executed write, SQL
+     over 1 MB the 0.1·W type bonus), and the time limit holds whatever one SQLite step costs
+     (`rewards.sql_sandbox` [D4]).
 [D3] A gold query or context that fails scores 0.0 (the original graded the gold's own error message);
      the cleansing script drops such rows, so a cleansed dataset never meets this.
 [D4] When the column names differ, the row-set Jaccard compares rows projected on the common column
@@ -18,6 +22,12 @@ Implementation details:
      through an error; here no common column means Jaccard 0 and the floors apply.
 [D5] Not reproduced from the original: its sqlglot MySQL→SQLite transpiling and its case and
      ambiguous-column rewriting of the generated query (SQLite names are case-insensitive anyway).
+[D6] `execution_match` of a gold write compares the database each statement leaves: the rows of every
+     table of the "main" and "temp" schemas read schema-qualified (main."t"), and the list of objects
+     (tables, views, indexes, triggers) in both. Unqualified names let a TEMP table or view shadow a
+     gold table: for gold `UPDATE t SET v = 0 WHERE id = 1`, `CREATE TEMP TABLE t AS SELECT … FROM
+     main.t` matched while main.t never changed (issue #13 item 5). A state that cannot be read whole
+     (stopped, or over 100,000 rows) is not compared: None for the gold, no match for the generated.
 """
 from __future__ import annotations
 
@@ -110,7 +120,8 @@ def sql_execution(prompts, completions, **columns) -> list[float | None]:
     | case (first that applies)                                                 | reward (× W)     |
     |---------------------------------------------------------------------------|------------------|
     | no SQL in the completion                                                  | 0                |
-    | the sandbox refuses the generated query [D2], or gold/context fails [D3]  | 0                |
+    | the sandbox refuses the generated query: time, size, denied [D2]          | 0                |
+    | gold or context fails [D3]                                                | 0                |
     | gold and generated are SELECT, same row set and same column names         | 1.0              |
     |   both execute, otherwise s = 0.40·J_rows + 0.20·min/max(row counts)      | s                |
     |                                + 0.25·J_column_names + 0.15·|gold∩gen|/|gold|                |
@@ -137,8 +148,11 @@ def execution_match(sql_context: str, gold_sql: str, gen_sql: str, *,
 
     A gold SELECT: the generated statement returns the same rows (as a multiset; in order when the
     gold has ORDER BY) with the same number of columns; names are ignored. A gold write: the two
-    statements, each run on a fresh database, leave every table with the same rows.
-    Returns None when the gold query or the context fails (the example cannot be graded).
+    statements, each run on a fresh database, leave every table of main and temp with the same rows
+    and the same objects in both schemas [D6].
+    Returns None when the gold query or the context fails (the example cannot be graded). False —
+    scored 0 by `sql_execution_accuracy` — when the generated statement fails or the sandbox stops it
+    for time or size [D2], or its database state cannot be read whole [D6].
     """
     gold = run_sql(sql_context, gold_sql, time_limit_s=time_limit_s, max_rows=max_rows)
     if not gold.ok:
@@ -153,19 +167,25 @@ def execution_match(sql_context: str, gold_sql: str, gen_sql: str, *,
     return None if gold_state is None else gen_state is not None and gen_state == gold_state
 
 
-def _state_after(sql_context: str, sql: str, time_limit_s: float, max_rows: int) -> dict | None:
-    """Every table's rows after running `sql` on a fresh database; None if it fails."""
+_OBJECTS = ("SELECT 'main', type, name FROM main.sqlite_master UNION ALL "
+            "SELECT 'temp', type, name FROM temp.sqlite_master ORDER BY 1, 2, 3")
+
+
+def _state_after(sql_context: str, sql: str, time_limit_s: float, max_rows: int) -> tuple | None:
+    """(objects of main and temp, rows of each of their tables) after `sql` on a fresh database [D6];
+    None if it fails or the state cannot be read whole."""
     try:
-        conn = build_database(sql_context)
+        db = build_database(sql_context)
     except SqlContextError:
         return None
-    try:
-        if not execute_sql(conn, sql, time_limit_s=time_limit_s, max_rows=max_rows).ok:
+    with db:
+        if not execute_sql(db, sql, time_limit_s=time_limit_s, max_rows=max_rows).ok:
             return None
-        tables = table_contents(conn, time_limit_s=time_limit_s)
-        return {name: (r.ok, Counter(r.rows)) for name, r in tables.items()}
-    finally:
-        conn.close()
+        objects = execute_sql(db, _OBJECTS, time_limit_s=time_limit_s, max_rows=100_000)  # [D6]
+        tables = table_contents(db, time_limit_s=time_limit_s)  # schema-qualified [D6]
+    if not objects.ok or objects.truncated or any(not r.ok or r.truncated for r in tables.values()):
+        return None
+    return objects.rows, {key: Counter(r.rows) for key, r in tables.items()}
 
 
 def sql_execution_accuracy(prompts, completions, **columns) -> list[float | None]:
@@ -174,7 +194,9 @@ def sql_execution_accuracy(prompts, completions, **columns) -> list[float | None
     | case                                                        | reward |
     |-------------------------------------------------------------|--------|
     | the generated SQL does what the gold does                   | 1.0    |
-    | anything else (no SQL, error, refused, different result)    | 0.0    |
+    | anything else: no SQL, an error, refused by the sandbox     | 0.0    |
+    |   (time, size, denied [D2]), different rows, a different    |        |
+    |   database state — main and temp compared apart [D6]        |        |
     | gold or context is None, or the gold itself fails           | None   |
     """
     out = []

@@ -61,7 +61,8 @@ from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo.config import UserError, cli_main, parse_settings, settings_from_dict  # noqa: E402
+from grpo.config import (UserError, at_least, cli_main, parse_settings, require,  # noqa: E402
+                         settings_from_dict)
 from grpo.measure import PeakRSS, package_versions, proc_status_mb  # noqa: E402
 from grpo.models import use_bf16  # noqa: E402
 from grpo.run import markdown_table, write_report  # noqa: E402
@@ -89,6 +90,20 @@ class BenchSettings(GRPOSettings):
     """output prefix: <out>.md, <out>.csv, <out>.json ('' = print only)"""
     profile: bool = False
     """after the timed steps, one more step per framework under torch.profiler (not timed): top operators"""
+
+    def validate(self) -> None:
+        """Ranges, and what TRL can run, checked before any worker starts (grpo.config [D9])."""
+        at_least(self, "steps", 1)
+        at_least(self, "warmup", 0)
+        at_least(self, "threads", 0, why="0 = torch's default")
+        require(self, "frameworks", bool(self.frameworks) and set(self.frameworks) <= {"ours", "trl"},
+                "must be a non-empty subset of ours, trl")
+        if "trl" in self.frameworks:
+            for key, value in NOT_IN_TRL.items():
+                require(self, key, getattr(self, key) == value, f"must be {value!r} with trl (no counterpart in TRL)")
+            n = self.prompts_per_step * self.num_generations
+            require(self, "micro_batch_size", n % self.micro_batch_size == 0,
+                    f"must divide B·G = {n} with trl (TRL accumulates whole micro-batches)")
 
 
 # Settings TRL has no counterpart for: they must stay at these values.
@@ -220,9 +235,7 @@ def _trl_worker(s: BenchSettings, emit, commands) -> None:
     from grpo.trainer import PromptSampler
 
     task, model, tok, weights = _build_common(s)
-    total, N = _run_steps(s), s.prompts_per_step * s.num_generations
-    if N % s.micro_batch_size:
-        raise UserError(f"TRL needs micro_batch_size ({s.micro_batch_size}) to divide B·G = {N}")
+    total, N = _run_steps(s), s.prompts_per_step * s.num_generations  # micro_batch_size divides N (validate)
     order = PromptSampler(len(task.rows), s.seed).next(s.prompts_per_step * total)  # our data order
     columns = [k for k in task.rows[0] if k != "prompt"]  # what our trainer passes as **columns
     rows = [{**{k: task.rows[i][k] for k in columns}, "prompt_messages": task.rows[i]["prompt"],
@@ -353,12 +366,6 @@ class Worker:
 
 def run(s: BenchSettings) -> dict[str, Any]:
     """Start the workers, check they match, run the steps in lock-step; every record, summaries per framework."""
-    bad = {k: getattr(s, k) for k, v in NOT_IN_TRL.items() if "trl" in s.frameworks and getattr(s, k) != v}
-    if bad:
-        raise UserError(f"TRL has no counterpart for {bad}; leave them at {', '.join(map(str, NOT_IN_TRL))}")
-    unknown = set(s.frameworks) - {"ours", "trl"}
-    if unknown or not s.frameworks:
-        raise UserError(f"frameworks must be a subset of ours, trl; got {s.frameworks}")
     log_dir = Path(tempfile.mkdtemp(prefix="bench-grpo-step-"))
     workers = {n: Worker(n, s, log_dir) for n in s.frameworks}  # set-up runs concurrently (not timed)
     ready = {n: w.read() for n, w in workers.items()}

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.config import UserError, above, at_least, cli_main, parse_settings, path_name  # noqa: E402
 from grpo.data import DataError  # noqa: E402
 from grpo.data.rows import check_row, iter_items  # noqa: E402
 from grpo.data.text_to_sql import BUNDLED, BUNDLED_DIR, OPTIONAL, REQUIRED  # noqa: E402
@@ -73,6 +73,13 @@ class CleanseSettings:
     show_examples: int = 3
     """dropped rows listed per reason in the output and the report"""
 
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9])."""
+        at_least(self, "limit", 1, why="null = all")
+        path_name(self, "output_file", kind="file")
+        above(self, "time_limit_s", 0)
+        at_least(self, "show_examples", 0)
+
 
 def check(row: dict, s: CleanseSettings) -> tuple[str | None, str]:
     """(drop reason or None to keep, detail) for one well-formed row, on a database used once."""
@@ -97,8 +104,6 @@ def check(row: dict, s: CleanseSettings) -> tuple[str | None, str]:
 def main() -> None:
     # 1. settings, source
     s = parse_settings(CleanseSettings, section="cleanse", description=__doc__)
-    if s.time_limit_s <= 0 or (s.limit is not None and s.limit < 1):
-        raise UserError("time_limit_s must be > 0 and limit >= 1")
     out_path = output_file(s.output_file, "data")
     source: str | Path = s.dataset
     if s.dataset == BUNDLED:

@@ -35,7 +35,7 @@ from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.config import UserError, at_least, cli_main, parse_settings  # noqa: E402
 from grpo.plots import plot_curves  # noqa: E402
 from grpo.run import markdown_table, write_report  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
@@ -61,6 +61,12 @@ class CompareSettings(GRPOSettings):
     out: str = "docs/compare_trl"
     """output prefix: <out>.md, <out>.csv, <out>.json, <out>.png ('' = print only)"""
 
+    def validate(self) -> None:
+        """Ranges, checked before the benchmark starts (grpo.config [D9]; GRPOSettings checks its own)."""
+        at_least(self, "max_steps", 2, why="step 1 is a warm-up")
+        at_least(self, "threads", 0, why="0 = torch's default")
+        at_least(self, "window", 1)
+
 
 def flag(value) -> str:
     if isinstance(value, bool):
@@ -72,8 +78,6 @@ def flag(value) -> str:
 
 def run_bench(s: CompareSettings, tmp: Path) -> dict:
     """Both runs through scripts/bench_grpo_step.py (a subprocess: scripts never import scripts)."""
-    if s.max_steps < 2:
-        raise UserError("max_steps must be ≥ 2 (step 1 is a warm-up)")
     argv = [f"--{f.name}={flag(getattr(s, f.name))}" for f in fields(GRPOSettings)]
     argv += ["--warmup=1", f"--steps={s.max_steps - 1}", f"--schedule={s.schedule}", f"--threads={s.threads}",
              "--frameworks=ours,trl", f"--out={tmp / 'bench'}"]

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rewards  # noqa: E402
-from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.config import UserError, at_least, cli_main, parse_settings, path_name, require  # noqa: E402
 from grpo.data import DataError, load_gsm8k, to_reasoning_prompts  # noqa: E402
 from grpo.generate import GenerationSettings  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings, resolve_model_path  # noqa: E402
@@ -70,6 +70,13 @@ class DemoSettings(GenerationSettings, ModelSettings):
     """most tokens per answer"""
     temperature: float = 0.7
     """sampling temperature (greedy=false)"""
+
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9]; the base classes check their own)."""
+        require(self, "trained", bool(self.trained.strip()), "must name the trained model (run, folder or hub id)")
+        at_least(self, "num_examples", 1)
+        at_least(self, "width", 0, why="0 = the terminal's")
+        path_name(self, "output_file", kind="file")
 
 
 def answer(s: DemoSettings, name: str, prompts: list, *, label: str) -> list[str]:
@@ -129,8 +136,6 @@ def markdown(entries: list[dict], names: tuple[str, str]) -> str:
 def main() -> None:
     # 1. settings, questions, trained model path
     s = parse_settings(DemoSettings, section="demo", description=__doc__)
-    if s.num_examples < 1:
-        raise UserError(f"num_examples must be >= 1, got {s.num_examples}")
     try:
         rows = to_reasoning_prompts(load_gsm8k(s.dataset, s.split, s.num_examples))
     except DataError as e:

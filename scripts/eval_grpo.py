@@ -43,7 +43,7 @@ from typing import Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.advantages import weighted_rewards  # noqa: E402
-from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.config import UserError, at_least, cli_main, parse_settings, path_name  # noqa: E402
 from grpo.generate import GenerationSettings  # noqa: E402
 from grpo.models import load_model_from_settings  # noqa: E402
 from grpo.run import atomic_write_json, atomic_write_text, output_file, seed_everything  # noqa: E402
@@ -67,6 +67,11 @@ class EvalGRPOSettings(GenerationSettings, TaskSettings):
     max_new_tokens: int = 128
     """most tokens generated per completion"""
 
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9]; the base classes check their own)."""
+        at_least(self, "num_examples", 1, why="null = all")
+        path_name(self, "output_file", kind="file")
+
 
 def summarise(names: list[str], per_function, weights: list[float]) -> dict[str, float]:
     """Per reward function: mean over non-NaN values and the rate of values > 0; the weighted total's mean."""
@@ -84,15 +89,10 @@ def summarise(names: list[str], per_function, weights: list[float]) -> dict[str,
 def main() -> None:
     # 1. settings and rows
     s = parse_settings(EvalGRPOSettings, section="eval", description=__doc__)
-    if s.num_examples is not None and s.num_examples < 1:
-        raise UserError(f"num_examples must be >= 1 or null, got {s.num_examples}")
     task = s.load_task(split=s.split, limit=s.num_examples)
     if not task.rows:
         raise UserError(f"task {s.task!r} [{s.split}] has no rows")
-    weights = s.reward_weights or [1.0] * len(task.reward_funcs)
-    if len(weights) != len(task.reward_funcs):
-        raise UserError(f"reward_weights has {len(weights)} entries for {len(task.reward_funcs)} reward functions "
-                        f"({', '.join(task.reward_names)})")
+    weights = s.reward_weights or [1.0] * len(task.reward_funcs)  # one per function (TaskSettings.validate)
     suffixes = {r.get("prompt_suffix", "") for r in task.rows}
     if len(suffixes) != 1:
         raise UserError(f"task {s.task!r}: rows with different prompt_suffix values cannot be batched")

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.config import UserError, above, at_least, cli_main, parse_settings  # noqa: E402
 from grpo.data.rows import DataError  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
 from grpo.run import atomic_write_json, output_root, resolve_run_path  # noqa: E402
@@ -63,6 +63,12 @@ class PrefEvalSettings(ModelSettings):
     """JSON output; default: <run>/pref_accuracy-<data>-<split>.json for a run (name or folder with final/),
     else outputs/eval/pref_accuracy-<model>-<data>-<split>.json"""
 
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9]; the base classes check their own)."""
+        at_least(self, "limit", 1, why="null = all")
+        above(self, "beta", 0)
+        at_least(self, "batch_size", 1)
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "model"
@@ -83,8 +89,6 @@ def output_path(s: PrefEvalSettings) -> Path:
 def main() -> None:
     # 1. settings and pairs (read before the model, so a bad file fails fast)
     s = parse_settings(PrefEvalSettings, description=__doc__, section="eval", aliases=ALIASES)
-    if s.beta <= 0 or s.batch_size < 1:
-        raise UserError(f"beta must be > 0 and batch_size >= 1, got beta={s.beta}, batch_size={s.batch_size}")
     try:
         rows = load_pairs(s.data, s.split, s.limit)
     except DataError as e:

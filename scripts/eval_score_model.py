@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.config import UserError, at_least, cli_main, parse_settings, path_name  # noqa: E402
 from grpo.data.score_model import regression_metrics  # noqa: E402
 from grpo.generate import GenerationSettings  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
@@ -65,6 +65,11 @@ class EvalScoreSettings(GenerationSettings, PromptSettings, ModelSettings):
     """evaluate the first N rows; null = all"""
     output_file: str = "score_eval.csv"
     """per-example CSV; a bare name goes to outputs/eval/; .json summary and .png scatter beside it"""
+
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9]; the base classes check their own)."""
+        at_least(self, "num_examples", 1, why="null = all")
+        path_name(self, "output_file", kind="file")
 
 
 def pearson(xs: list[float], ys: list[float]) -> float | None:
@@ -107,8 +112,6 @@ def scatter(records: list[dict], path: Path, title: str) -> Path:
 def main() -> None:
     # 1. settings, rows
     s = parse_settings(EvalScoreSettings, section="eval_score_model", description=__doc__)
-    if s.num_examples is not None and s.num_examples < 1:
-        raise UserError(f"num_examples must be >= 1 or null, got {s.num_examples}")
     csv_path = output_file(s.output_file, "eval")
     rows = s.task_rows("score_model", source=s.dataset, limit=s.num_examples)
     if not rows:

@@ -60,7 +60,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.config import UserError, above, at_least, cli_main, parse_settings, path_name  # noqa: E402
 from grpo.generate import GenerationSettings  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
 from grpo.settings import PromptSettings  # noqa: E402
@@ -120,6 +120,12 @@ class EvalSqlSettings(GenerationSettings, PromptSettings, ModelSettings):
     # GenerationSettings with this script's defaults
     max_new_tokens: int = 300
     """most tokens generated per completion"""
+
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9]; the base classes check their own)."""
+        at_least(self, "num_examples", 1, why="null = all")
+        path_name(self, "output_file", kind="file")
+        above(self, "judge_timeout_s", 0)
 
 
 # ------------------------------------------------------------------------------------- judge
@@ -184,8 +190,6 @@ def ask_judge(s: EvalSqlSettings, row: dict, record: dict) -> dict:
 def main() -> None:
     # 1. settings, rows, judge connection
     s = parse_settings(EvalSqlSettings, section="eval_sql", description=__doc__)
-    if s.num_examples is not None and s.num_examples < 1:
-        raise UserError(f"num_examples must be >= 1 or null, got {s.num_examples}")
     csv_path = output_file(s.output_file, "eval")
     rows = s.task_rows("text_to_sql", source=s.dataset, split=s.split, limit=s.num_examples)
     if not rows:

@@ -50,7 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.config import UserError, at_least, cli_main, parse_settings, path_name  # noqa: E402
 from grpo.data import DataError, load_gsm8k, to_working_out_prompts  # noqa: E402
 from grpo.generate import GenerationSettings  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
@@ -86,6 +86,11 @@ class EvalSettings(GenerationSettings, ModelSettings):
     greedy: bool = False
     """decode greedily (argmax) instead of sampling; temperature, top_k and top_p are then unused"""
 
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9]; the base classes check their own)."""
+        at_least(self, "num_examples", 1, why="null = all")
+        path_name(self, "output_file", kind="file")
+
 
 def extract_thinking(completion: str) -> str:
     """[E1] The working out: text before the first `<end_working_out>`, "" if there is none."""
@@ -112,8 +117,6 @@ def output_paths(output_file: str) -> tuple[Path, Path]:
 def main() -> None:
     # 1. settings, prompts (read before the slow model load)
     s = parse_settings(EvalSettings, section="evaluate", description=__doc__)
-    if s.num_examples is not None and s.num_examples < 1:
-        raise UserError(f"num_examples must be >= 1 or null, got {s.num_examples}")
     csv_path, summary_path = output_paths(s.output_file)
     seed_everything(s.seed)
     try:

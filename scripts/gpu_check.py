@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: models come from PyPI packages
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from grpo.config import UserError, cli_main, format_settings, parse_settings  # noqa: E402
+from grpo.config import UserError, cli_main, format_settings, parse_settings, require  # noqa: E402
 from grpo.measure import package_versions  # noqa: E402
 from grpo.run import atomic_write_json, atomic_write_text, markdown_table  # noqa: E402
 from kernels import lm_head_logprobs_and_entropy, token_logprobs_and_entropy  # noqa: E402
@@ -75,6 +75,10 @@ class Settings:
     """report prefix: writes <out>.json and <out>.md"""
     only: list[str] = field(default_factory=list)
     """run only these checks (kernels, bench_entropy, lm_head, grpo_step, ddp); empty = all"""
+
+    def validate(self) -> None:
+        """Checked before anything runs (grpo.config [D9])."""
+        require(self, "only", set(self.only) <= set(CHECKS), f"must name checks among {', '.join(CHECKS)}")
 
 
 class SkipCheck(Exception):
@@ -351,9 +355,6 @@ def report_markdown(report: dict) -> str:
 
 def main() -> None:
     s = parse_settings(Settings, description=__doc__, print_config=False)
-    unknown = [n for n in s.only if n not in CHECKS]
-    if unknown:
-        raise UserError(f"unknown check(s) {unknown} in --only; valid: {', '.join(CHECKS)}")
     if not torch.cuda.is_available():
         raise UserError(f"no CUDA device: torch {torch.__version__} (CUDA build: {torch.version.cuda}) "
                         "sees none; run this on a machine with an NVIDIA GPU and a CUDA build of torch")

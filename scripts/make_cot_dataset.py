@@ -50,13 +50,14 @@ from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.config import (SEED_RANGE, UserError, above, at_least, cli_main, parse_settings, path_name,  # noqa: E402
+                         require, within)
 from grpo.data import DataError, load_text_to_sql  # noqa: E402
 from grpo.data.cot_targets import EmbedderMissing, load_minilm, minilm_path, question_target  # noqa: E402
 from grpo.data.score_model import generation_prompt, split_generation  # noqa: E402
 from grpo.data.sql_corruption import OPERATIONS, corrupt, schema_of  # noqa: E402
 from grpo.generate import generate_texts  # noqa: E402
-from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
+from grpo.models import ModelSettings, device_problem, load_model_from_settings  # noqa: E402
 from grpo.run import atomic_path, atomic_write_json, output_file, progress, seed_everything  # noqa: E402
 
 COLUMNS = ["sql", "true_nl", "corrupted_sql", "corruptions", "is_corrupted", "corruption_count", "reasoning",
@@ -92,14 +93,24 @@ class CotDatasetSettings(ModelSettings):
     seed: int = 0
     """seed of the corruptions and of sampling"""
 
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9]; the base classes check their own)."""
+        at_least(self, "num_examples", 1, why="null = all")
+        within(self, "corruption_prob", 0, 1)
+        within(self, "mention_threshold", -1, 1, why="a cosine similarity")
+        at_least(self, "batch_size", 1)
+        at_least(self, "max_new_tokens", 1)
+        above(self, "temperature", 0)
+        within(self, "top_p", 0, 1, low_open=True, why="1 = off")
+        problem = device_problem(self.embedder_device)
+        require(self, "embedder_device", problem is None, problem or "")
+        path_name(self, "output_file", kind="file")
+        within(self, "seed", *SEED_RANGE)
+
 
 def main() -> None:
     # 1. settings, rows, embedder location (fail fast)
     s = parse_settings(CotDatasetSettings, section="cot_dataset", description=__doc__)
-    if not 0.0 <= s.corruption_prob <= 1.0:
-        raise UserError(f"corruption_prob must be in [0, 1], got {s.corruption_prob}")
-    if s.temperature <= 0 or s.batch_size < 1 or s.max_new_tokens < 1:
-        raise UserError("temperature must be > 0; batch_size and max_new_tokens >= 1")
     csv_path = output_file(s.output_file, "data")
     try:
         rows = load_text_to_sql(s.dataset, s.split, s.num_examples)

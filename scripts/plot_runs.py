@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.config import UserError, at_least, cli_main, parse_settings, path_name  # noqa: E402
 from grpo.plots import metric_points, plot_curves  # noqa: E402
 from grpo.run import output_root  # noqa: E402
 
@@ -34,6 +34,11 @@ class PlotSettings:
     """plot title"""
     out: str = "runs.png"
     """the PNG to write (atomically)"""
+
+    def validate(self) -> None:
+        """Ranges, checked before any run is read (grpo.config [D9]); --labels against the runs in main()."""
+        at_least(self, "smooth", 1)
+        path_name(self, "out", kind="file")
 
 
 def metrics_file(run: str) -> Path:

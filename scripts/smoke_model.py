@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from grpo.config import cli_main, parse_settings  # noqa: E402
+from grpo.config import SEED_RANGE, above, at_least, cli_main, parse_settings, path_name, within  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
 from grpo.run import MetricsWriter, RunDir, atomic_write_text, output_root, seed_everything  # noqa: E402
 
@@ -44,6 +44,13 @@ class SmokeSettings(ModelSettings):
     """run folder under outputs/"""
     seed: int = 0
     """random seed"""
+
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9]; the base classes check their own)."""
+        at_least(self, "max_new_tokens", 1)
+        above(self, "learning_rate", 0)
+        path_name(self, "run_name")
+        within(self, "seed", *SEED_RANGE)
 
 
 def main() -> None:

@@ -13,7 +13,12 @@ One step (grpo/trainer.py, ALGORITHMS.md §2–3):
     5. log/save  metrics.jsonl + progress bar; checkpoint every save_steps; reward curve PNG at the end
 
 Outputs in outputs/<run_name>/: config.json, metrics.jsonl, checkpoints/step-N/, final/, reward_curve.png.
-Ctrl-C saves a checkpoint before exiting; `--resume` continues from the newest one.
+One run per folder (grpo.run_claim): a fresh run refuses a folder that holds a run (use `--resume`, another
+`--run-name`, or `--overwrite` to replace it), and a second run into a folder in use stops at once.
+Ctrl-C (exit 130) and SIGTERM from a scheduler (exit 143) save a checkpoint before exiting; `--resume`
+continues from the newest intact one (damaged ones are skipped, each named on one line). On resume the
+settings that decide what is trained (FROZEN_ON_RESUME) must not change; the others apply and each leg's
+settings are saved beside config.json as config.resume-N.json.
 
 Metrics (metrics.jsonl, one line per step):
     reward, reward_std                 mean and std of the total reward over all completions
@@ -36,6 +41,7 @@ Metrics (metrics.jsonl, one line per step):
     num_tokens, num_sequences_trained  tokens and sequences in the loss (after masking/dropping)
     time/generate, time/score, time/update   seconds spent in each phase
     tokens_per_second                  completion tokens generated per second of the whole step
+    prompts/truncated                  prompts cut from the left to max_prompt_length (prompt_overflow)
 """
 from __future__ import annotations
 
@@ -51,7 +57,8 @@ from grpo.loop import train_steps  # noqa: E402
 from grpo.models import (add_reference_adapter, adapter_base_name, is_adapter,  # noqa: E402
                          load_model_from_settings, materialise_named_model)
 from grpo.plots import plot_reward_curve  # noqa: E402
-from grpo.run import RunDir, run_folder, seed_everything  # noqa: E402
+from grpo.run import run_folder, seed_everything  # noqa: E402
+from grpo.run_claim import MODEL_KEYS, check_run_folder, claim_run_folder  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
 from grpo.trainer import GRPOTrainer  # noqa: E402
 
@@ -62,16 +69,22 @@ class TrainGRPOSettings(GRPOSettings):
     """alias of --model for the GSM8K pipeline (e.g. --base-model rl_sft_model); wins when set"""
 
 
+# what is trained: `--resume` refuses to change these (grpo.run_claim [C4])
+FROZEN_ON_RESUME = (*MODEL_KEYS, "base_model", "task", "dataset", "dataset_limit", "reward_funcs", "reward_weights",
+                    "prompt_suffix", "system_prompt", "num_generations", "loss_type", "scale_rewards",
+                    "importance_sampling_level", "beta", "seed", "max_prompt_length", "prompt_overflow")
+
+
 def main() -> None:
     s = parse_settings(TrainGRPOSettings, description=__doc__, print_config=dd.env_rank() == 0, section="grpo")
+    check_run_folder(run_folder(s.run_name), s, frozen=FROZEN_ON_RESUME)  # cheap, before anything loads
     materialise_named_model(s.base_model or s.model, cache_dir=s.model_cache_dir or None)  # before torch.distributed
     rank, _ = dd.init_distributed(s.device)  # gloo or NCCL, as the device (grpo.distributed)
     seed_everything(s.seed + rank)  # ranks sample different completions; data order is shared
-    run = RunDir(run_folder(s.run_name))
-    if rank == 0:
-        run.save_config(s)
 
     task = s.load_task(limit=s.dataset_limit)
+    run = claim_run_folder(run_folder(s.run_name), s, rank=rank, frozen=FROZEN_ON_RESUME,
+                           outputs=("reward_curve.png",))  # lock, config (grpo.run_claim)
     model_name = s.base_model or s.model
     model, tok = load_model_from_settings(s, model=model_name)
     dd.broadcast_trainable(model)  # the seed differs per rank: rank 0's initial adapter everywhere
@@ -91,7 +104,7 @@ def main() -> None:
                          base_name=adapter_base_name(model_name, cache_dir=s.model_cache_dir or None),
                          postfix=("reward", "completion_length"))
     if result.interrupted:
-        sys.exit(130)
+        sys.exit(result.exit_code)  # 130 Ctrl-C, 143 SIGTERM
     if rank == 0:
         png = plot_reward_curve(run.metrics_file, run.path / "reward_curve.png", title=f"{s.task} · {model_name}")
         print(f"done: {result.step} steps in {result.seconds:.0f}s; model in {run.final}; curve {png}")

@@ -28,7 +28,11 @@ then metrics.jsonl, a checkpoint every save_steps; at the end final/, score_curv
 preference accuracy (sega.implicit_reward) in pref_accuracy.json.
 
 Outputs in outputs/<run_name>/ (or --out_dir): config.json, metrics.jsonl, checkpoints/step-N/, final/,
-score_curve.png, pref_accuracy.json. Ctrl-C saves a checkpoint first; `--resume` continues from the newest.
+score_curve.png, pref_accuracy.json. One run per folder (grpo.run_claim): a fresh run refuses a folder that
+holds a run (`--resume`, another `--run-name`, or `--overwrite`), and a folder in use by another run is
+refused at once. Ctrl-C (exit 130) and SIGTERM (exit 143) save a checkpoint first; `--resume` continues
+from the newest intact one, refuses changes to FROZEN_ON_RESUME, and saves each leg's settings as
+config.resume-N.json.
 
 Metrics (metrics.jsonl, one line per step; statistics over the valid candidates of all ranks):
     score, score_std              mean and std of the Eq. 1 score S
@@ -49,6 +53,7 @@ Metrics (metrics.jsonl, one line per step; statistics over the valid candidates 
     lr, epoch                     learning rate after the step; pass over the prompts (0-based)
     num_tokens                    completion tokens of valid candidates in the loss
     time/generate, time/score, time/update, tokens_per_second   seconds per phase; generated tokens/s
+    prompts/truncated             prompts cut from the left to max_prompt_length (prompt_overflow)
 pref_accuracy.json: n, beta, accuracy, ties, accuracy_length_normalized, ties_length_normalized,
     reward_chosen_mean, reward_rejected_mean, margin_mean (scripts/eval_pref_accuracy.py).
 """
@@ -67,13 +72,18 @@ from grpo.loop import train_steps  # noqa: E402
 from grpo.models import (add_reference_adapter, adapter_base_name, is_adapter,  # noqa: E402
                          load_model_from_settings, materialise_named_model)
 from grpo.plots import plot_reward_curve  # noqa: E402
-from grpo.run import RunDir, atomic_write_json, run_folder, seed_everything  # noqa: E402
+from grpo.run import atomic_write_json, run_folder, seed_everything  # noqa: E402
+from grpo.run_claim import MODEL_KEYS, check_run_folder, claim_run_folder  # noqa: E402
 from sega.data import load_pairs  # noqa: E402
 from sega.implicit_reward import preference_accuracy  # noqa: E402
 from sega.settings import SegaSettings  # noqa: E402
 from sega.trainer import SegaTrainer  # noqa: E402
 
 ALIASES = {"model_name_or_path": "model", "train_jsonl": "dataset", "out_dir": "run_name", "lr": "learning_rate"}
+# what is trained: `--resume` refuses to change these (grpo.run_claim [C4])
+FROZEN_ON_RESUME = (*MODEL_KEYS, "dataset", "split", "dataset_limit", "k", "lambda_fork", "top_m", "final_frac",
+                    "final_window", "markers", "reward_mapping", "tau", "adv_norm", "length_normalize", "kl_coef",
+                    "score_include_eos", "seed", "max_prompt_length", "prompt_overflow")
 
 
 def load_rows(source: str, split: str, limit: int | None = None) -> list[dict]:
@@ -90,11 +100,14 @@ def main() -> None:
     # settings, data (before the slow model load, so a bad file fails fast), model
     s = parse_settings(SegaSettings, description=__doc__, print_config=dd.env_rank() == 0, section="sega",
                        aliases=ALIASES)
+    check_run_folder(run_folder(s.run_name), s, frozen=FROZEN_ON_RESUME)  # cheap, before anything loads
     materialise_named_model(s.model, cache_dir=s.model_cache_dir or None)  # before torch.distributed
     rank, _ = dd.init_distributed(s.device)  # gloo or NCCL, as the device (grpo.distributed)
     seed_everything(s.seed + rank)  # ranks sample different candidates; the data order is shared
     rows = load_rows(s.dataset, s.split, s.dataset_limit)
     eval_rows = load_rows(s.eval_dataset, s.eval_split) if s.eval_dataset and rank == 0 else []
+    run = claim_run_folder(run_folder(s.run_name), s, rank=rank, frozen=FROZEN_ON_RESUME,
+                           outputs=("score_curve.png", "pref_accuracy.json"))  # lock, config (grpo.run_claim)
     model, tok = load_model_from_settings(s)
     dd.broadcast_trainable(model)  # the seed differs per rank: rank 0's initial adapter everywhere
     if not any(p.requires_grad for p in model.parameters()):
@@ -103,9 +116,6 @@ def main() -> None:
     ref_model = load_model_from_settings(s, trainable=False)[0] if s.kl_coef > 0 and not s.use_lora else None
     if s.kl_coef > 0 and ref_model is None and is_adapter(s.model, cache_dir=s.model_cache_dir or None):
         add_reference_adapter(model)  # the KL anchors to the SFT adapter as loaded, not the bare base
-    run = RunDir(run_folder(s.run_name))
-    if rank == 0:
-        run.save_config(s)
 
     max_steps = s.max_steps or math.ceil(s.epochs * len(rows) / s.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -119,7 +129,7 @@ def main() -> None:
                          scheduler=scheduler, max_steps=max_steps, rank=rank, desc="sega", base_name=base_name,
                          postfix=("score", "completion_length"))  # each step: 1.-5. of the docstring
     if result.interrupted:
-        sys.exit(130)
+        sys.exit(result.exit_code)  # 130 Ctrl-C, 143 SIGTERM
     if rank != 0:
         return
     png = plot_reward_curve(run.metrics_file, run.path / "score_curve.png", keys=("score",),

@@ -21,7 +21,9 @@ this script reads `common` then `sft` (grpo.config [D6]); flags win over both.
 
 Steps:
     1. settings, seed, training rows (GSM8K rows or preference pairs)
-    2. load the model (LoRA adapter by default) and tokenizer; run folder outputs/<run_name>/ + config.json
+    2. claim the run folder outputs/<run_name>/ + config.json (a folder that holds a run is refused unless
+       `--overwrite`; one in use by another run is refused at once: grpo.run_claim), then load the model
+       (LoRA adapter by default) and tokenizer
     3. rows → (prompt text, completion text) → tokenised examples, labels −100 on the prompt (grpo.sft)
     4. per optimiser step: batch_size × grad_accum examples, token-mean cross-entropy on completion
        tokens, gradient clipping, AdamW, warm-up + linear/cosine schedule (grpo.sft.train_sft)
@@ -49,11 +51,12 @@ from typing import Literal
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo import distributed as dd  # noqa: E402
-from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
+from grpo.config import UserError, at_least, cli_main, parse_settings, path_name  # noqa: E402
 from grpo.data import DataError, load_gsm8k, to_working_out_prompts  # noqa: E402
 from grpo.models import (ModelSettings, adapter_base_name, load_model_from_settings,  # noqa: E402
                          materialise_named_model)
-from grpo.run import RunDir, run_folder, seed_everything  # noqa: E402
+from grpo.run import run_folder, seed_everything  # noqa: E402
+from grpo.run_claim import check_run_folder, claim_run_folder  # noqa: E402
 from grpo.sft import (SFTLoopSettings, chat_prompt_text, encode_example,  # noqa: E402
                       train_sft)
 from sega.data import load_pairs  # noqa: E402
@@ -81,6 +84,14 @@ class SFTSettings(ModelSettings, SFTLoopSettings):
     run_name: str | None = None
     """output folder: a name under outputs/ ($GRPO_OUTPUT_ROOT) or a path containing '/';
     default sft_model (full), rl_sft_model (rl_prep), sft_pairs (pairs)"""
+    overwrite: bool = False
+    """replace the run already in this folder (without it a folder that holds a run is refused)"""
+
+    def validate(self) -> None:
+        """Ranges, checked before anything loads (grpo.config [D9]; SFTLoopSettings checks its own)."""
+        at_least(self, "num_examples", 1, why="null = the mode's default")
+        at_least(self, "max_seq_length", 1)
+        path_name(self, "run_name")  # null = the mode's default name
 
 
 def training_rows(s: SFTSettings) -> list[tuple[list[dict[str, str]], str, str]]:
@@ -100,12 +111,9 @@ def training_rows(s: SFTSettings) -> list[tuple[list[dict[str, str]], str, str]]
 def main() -> None:
     # 1. settings, seed, data (checked before the slow model load)
     s = parse_settings(SFTSettings, section="sft", aliases=ALIASES, description=__doc__,
-                       print_config=dd.env_rank() == 0)
-    for key in ("batch_size", "grad_accum", "max_seq_length"):
-        if getattr(s, key) < 1:
-            raise UserError(f"{key} must be >= 1, got {getattr(s, key)}")
-    if s.num_examples is not None and s.num_examples < 1:
-        raise UserError(f"num_examples must be >= 1 or null, got {s.num_examples}")
+                       print_config=dd.env_rank() == 0)  # ranges checked there (SFTSettings.validate)
+    folder = run_folder(s.run_name or DEFAULT_RUN[s.stage if s.mode == "gsm8k" else "pairs"])
+    check_run_folder(folder, s)  # cheap, before anything loads (grpo.run_claim)
     materialise_named_model(s.model, cache_dir=s.model_cache_dir or None)  # before torch.distributed
     rank, _ = dd.init_distributed(s.device)
     seed_everything(s.seed)
@@ -113,15 +121,13 @@ def main() -> None:
     if not rows:
         raise UserError(f"no training rows in {s.dataset} [{s.split}]")
 
-    # 2. model, run folder
+    # 2. run folder (lock, config), model
+    run = claim_run_folder(folder, s, rank=rank)
     model, tok = load_model_from_settings(s, trainable=True)
     dd.broadcast_trainable(model)  # rank 0's initial adapter on every rank (grpo.distributed [D3])
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if n_train == 0:
         raise UserError("the model has no trainable parameters (load_in_4bit needs use_lora)")
-    run = RunDir(run_folder(s.run_name or DEFAULT_RUN[s.stage if s.mode == "gsm8k" else "pairs"]))
-    if rank == 0:
-        run.save_config(s)
 
     # 3. examples: prompt text exactly as generation builds it, labels only on the completion
     encoded = [encode_example(tok, chat_prompt_text(tok, messages, suffix), completion, max_length=s.max_seq_length)

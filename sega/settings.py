@@ -12,14 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from grpo.config import above, at_least, require, within
+from grpo.distributed import env_world_size
 from grpo.models import ModelSettings
 from grpo.optim import OptimSettings
 from grpo.run import RunSettings
+from grpo.settings import PromptLengthSettings
 from sega.scoring import DEFAULT_MARKERS
 
 
 @dataclass
-class SegaSettings(RunSettings, OptimSettings, ModelSettings):
+class SegaSettings(RunSettings, OptimSettings, PromptLengthSettings, ModelSettings):
     # --- data
     dataset: str = "bundled"
     """preference pairs {"prompt", "chosen", "rejected"}: `bundled`, a .jsonl/.json file or a folder"""
@@ -105,15 +108,39 @@ class SegaSettings(RunSettings, OptimSettings, ModelSettings):
     run_name: str = "sega"
     """output folder: a name under outputs/ ($GRPO_OUTPUT_ROOT) or a path containing '/'"""
 
-    def __post_init__(self) -> None:
-        checks = {"k": self.k >= 2, "batch_size": self.batch_size >= 1, "micro_batch_size": self.micro_batch_size >= 1,
-                  "gen_max_new_tokens": self.gen_max_new_tokens >= 1, "num_iterations": self.num_iterations >= 1,
-                  "temperature": self.temperature > 0, "top_m": self.top_m > 0, "tau": self.tau > 0,
-                  "final_frac": 0 < self.final_frac <= 1, "beta": self.beta > 0, "kl_coef": self.kl_coef >= 0,
-                  "final_window": self.final_window is None or self.final_window >= 1,
-                  "epochs": self.epochs >= 1, "max_steps": self.max_steps >= 0}
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"invalid value of {', '.join(bad)}: " +
-                             ", ".join(f"{n}={getattr(self, n)!r}" for n in bad) +
-                             " (k >= 2; sizes >= 1; temperature, top_m, tau, beta > 0; 0 < final_frac <= 1)")
+    def validate(self) -> None:
+        """Ranges and the rules between settings, checked before anything loads (grpo.config [D9])."""
+        at_least(self, "dataset_limit", 1, why="null = every pair")
+        at_least(self, "eval_batch_size", 1)
+        # 1. sampling
+        at_least(self, "k", 2, why="the group advantage needs two candidates per prompt")
+        at_least(self, "gen_max_new_tokens", 1)
+        above(self, "temperature", 0)
+        within(self, "top_p", 0, 1, low_open=True, why="1 = off")
+        at_least(self, "top_k", 0, why="0 = off")
+        within(self, "min_p", 0, 1, why="0 = off")
+        require(self, "stop_strings", all(self.stop_strings),
+                "must not hold an empty string (it would end every candidate)")
+        # 2.-4. score, filter, rewards
+        at_least(self, "lambda_fork", 0)
+        require(self, "top_m", 0 < self.top_m < 1 or (self.top_m >= 1 and float(self.top_m).is_integer()),
+                "must be a fraction in (0, 1) or a whole count >= 1")
+        within(self, "final_frac", 0, 1, low_open=True)
+        at_least(self, "final_window", 1, why="null = final_frac decides")
+        require(self, "markers", all(self.markers), "must not hold an empty string (it is found everywhere)")
+        at_least(self, "iqr_factor", 0)
+        above(self, "tau", 0)
+        # 5. loss
+        at_least(self, "num_iterations", 1)
+        within(self, "epsilon", 0, 1, why="the ratio's lower clip is 1 - epsilon")
+        at_least(self, "epsilon_high", 0)
+        at_least(self, "kl_coef", 0, why="0 = no reference pass")
+        above(self, "beta", 0)
+        # optimisation
+        at_least(self, "epochs", 1)
+        at_least(self, "max_steps", 0, why="0 = as many as epochs take")
+        at_least(self, "batch_size", 1)
+        world = env_world_size()
+        require(self, "batch_size", self.batch_size % world == 0,
+                f"must be divisible by the number of processes, WORLD_SIZE = {world} (each samples an equal share)")
+        at_least(self, "micro_batch_size", 1)

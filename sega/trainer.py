@@ -27,6 +27,7 @@ Implementation details:
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, fields
 from typing import Any
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from grpo import distributed as dd
+from grpo.data.prompts import fit_rows, prompt_lengths, resolve_max_prompt_length, truncate_prompts_left
 from grpo.models import autocast
 from grpo.optim import GuardedStep
 from grpo.policy import completion_logprobs, reference_policy
@@ -66,6 +68,15 @@ class SegaTrainer:
         self.rank, self.world = dd.rank(), dd.world_size()
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by {self.world} ranks")
+        self.max_prompt_length = resolve_max_prompt_length(cfg.max_prompt_length, model.config,
+                                                           max_new_tokens=cfg.gen_max_new_tokens)
+        if self.max_prompt_length is not None:  # as GRPO (grpo.trainer [D10]): reject drops rows once, here
+            lengths = prompt_lengths(tokenizer, [format_prompt(tokenizer, r["prompt"]) for r in rows])
+            fit = fit_rows(rows, lengths, max_prompt_length=self.max_prompt_length, overflow=cfg.prompt_overflow)
+            if fit.too_long and self.rank == 0:
+                print(fit.note(len(rows)), file=sys.stderr)
+            self.rows = rows = fit.rows
+        self.truncated_prompts = 0  # this step's prompts cut to max_prompt_length on this rank
         self.sampler = PromptSampler(len(rows), cfg.seed)
         self.sampling = Sampling(max_new_tokens=cfg.gen_max_new_tokens, temperature=cfg.temperature,
                                  top_p=cfg.top_p, top_k=cfg.top_k, min_p=cfg.min_p,
@@ -81,6 +92,9 @@ class SegaTrainer:
         idx = self.sampler.next(B * self.world)[self.rank::self.world]  # same global order on every rank
         texts = [format_prompt(self.tok, self.rows[i]["prompt"]) for i in idx]  # chat template, as SFT/eval
         prompt_ids, prompt_mask = encode_prompts(self.tok, texts, device=self.device)  # (B, P)
+        prompt_ids, prompt_mask, cut = truncate_prompts_left(prompt_ids, prompt_mask,
+                                                             max_prompt_length=self.max_prompt_length)
+        self.truncated_prompts += int(cut.sum())
         with autocast(self.device, self.cfg.bf16):  # bf16 on CUDA (grpo.models [D8])
             return sample_group(self.model, self.tok, prompt_ids, prompt_mask, G=self.cfg.k, sampling=self.sampling)
 
@@ -180,10 +194,13 @@ class SegaTrainer:
 
     # one step ------------------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
+        self.truncated_prompts = 0
         batch, timing = self.collect()
         t0 = time.perf_counter()
         update = self.update(batch)
         timing["time/update"] = time.perf_counter() - t0
+        update["prompts/truncated"] = float(dd.all_reduce_sum(torch.tensor(float(self.truncated_prompts))
+                                                              .to(self.device)))
         return step_metrics(batch, update, timing, lr=self.scheduler.get_last_lr()[0], epoch=self.sampler.epoch)
 
 

@@ -3,8 +3,14 @@
 TOL is the one tolerance table of the test suite, keyed by the dtype of the *inputs* under test; the
 reference always runs in float64 on the same (already rounded) inputs, so only our error is measured.
 Never loosen an entry silently: say why in the commit that changes it.
+
+Shared data (GSM8K, ...) lives beside the checkout, in `../shared` (CI clones the repository with it
+there too). Every test reaches it through the `shared_data` fixture: a missing file skips the test on a
+developer's machine and fails it under CI (`CI` set to anything but "", "0", "false", "no"), so a CI run
+can never pass by skipping what it was meant to check (issue #14 item 11).
 """
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,3 +44,31 @@ def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ------------------------------------------------------------------------------------- shared data
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"  # <checkout>/../shared
+
+
+def on_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def shared_data_path(relpath: str, *, if_missing: str = "skip", root: Path = SHARED_DIR) -> Path | None:
+    """`root/relpath` if it exists. Missing: fail the test under CI; else skip it (`if_missing="skip"`) or
+    return None for a test that falls back to other data (`if_missing="none"`)."""
+    path = root / relpath
+    if path.exists():
+        return path
+    message = f"shared data not found: {path} (../shared/{relpath} beside the checkout)"
+    if on_ci():
+        pytest.fail(f"{message}; under CI missing shared data fails the run instead of skipping", pytrace=False)
+    if if_missing == "none":
+        return None
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """`shared_data("data/gsm8k/test.jsonl")` → the path beside the checkout (see `shared_data_path`)."""
+    return shared_data_path

@@ -1,42 +1,42 @@
 """grpo.data.gsm8k on the real GSM8K files (../shared/data/gsm8k), the hub path, and the prompts."""
 import json
-from pathlib import Path
 
 import pytest
 
 from grpo.data import DataError, gsm8k_cot, gsm8k_gold, load_gsm8k, to_reasoning_prompts, to_working_out_prompts
 from grpo.data.gsm8k import REASONING_SYSTEM_PROMPT, sft_completion
 
-GSM8K_DIR = Path(__file__).parents[2] / "shared/data/gsm8k"
-needs_gsm8k = pytest.mark.skipif(not (GSM8K_DIR / "train.jsonl").is_file(),
-                                 reason=f"real GSM8K files not found at {GSM8K_DIR} (shared data beside the repo)")
+
+@pytest.fixture
+def gsm8k_dir(shared_data):
+    """../shared/data/gsm8k beside the checkout: skipped without it, a failure under CI (conftest.py)."""
+    for split in ("train", "test"):
+        shared_data(f"data/gsm8k/{split}.jsonl")
+    return shared_data("data/gsm8k")
 
 
-@needs_gsm8k
 @pytest.mark.parametrize("split, count", [("train", 7473), ("test", 1319)])
-def test_real_gsm8k_loads_in_full_and_every_gold_is_a_number(split, count):
-    rows = load_gsm8k(GSM8K_DIR, split=split)
+def test_real_gsm8k_loads_in_full_and_every_gold_is_a_number(gsm8k_dir, split, count):
+    rows = load_gsm8k(gsm8k_dir, split=split)
     assert len(rows) == count
     for r in rows:
         float(r["gold"])  # every GSM8K gold is a plain number once commas are gone
         assert "####" not in r["cot"] and "<<" not in r["cot"]
 
 
-@needs_gsm8k
-def test_real_gsm8k_first_rows_and_limit():
-    rows = load_gsm8k(GSM8K_DIR / "train.jsonl", limit=2)
+def test_real_gsm8k_first_rows_and_limit(gsm8k_dir):
+    rows = load_gsm8k(gsm8k_dir / "train.jsonl", limit=2)
     assert len(rows) == 2
     assert rows[0]["question"].startswith("Natalia sold clips to 48 of her friends")
     assert rows[0]["gold"] == "72"
     # "Natalia sold 48/2 = <<48/2=24>>24 clips in May." loses its calculator annotation
     assert rows[0]["cot"].startswith("Natalia sold 48/2 = 24 clips in May.")
     assert rows[1]["gold"] == "10"
-    assert load_gsm8k(GSM8K_DIR, split="test", limit=1)[0]["gold"] == "18"
+    assert load_gsm8k(gsm8k_dir, split="test", limit=1)[0]["gold"] == "18"
 
 
-@needs_gsm8k
-def test_real_gsm8k_golds_with_thousands_separators_lose_their_commas():
-    raw = [json.loads(line) for line in (GSM8K_DIR / "train.jsonl").read_text().splitlines()]
+def test_real_gsm8k_golds_with_thousands_separators_lose_their_commas(gsm8k_dir):
+    raw = [json.loads(line) for line in (gsm8k_dir / "train.jsonl").read_text().splitlines()]
     with_commas = [r for r in raw if "," in r["answer"].rpartition("####")[2]]
     assert with_commas, "GSM8K train has golds like '#### 1,000'"
     for r in with_commas:

@@ -59,13 +59,14 @@ def test_eval_script_writes_summary_and_one_record_per_example(tmp_path):
 def test_eval_script_rejects_mismatched_weights_in_one_line(tmp_path):
     p = _run(tmp_path, "--model", "tiny-llama", "--num-examples", 2, "--reward-weights", "1.0,2.0")
     assert p.returncode == 2
-    assert "reward_weights has 2 entries for 5 reward functions" in p.stderr and "Traceback" not in p.stderr
+    assert "reward_weights = [1.0, 2.0]: must have one weight for each of the 5 reward functions" in p.stderr
+    assert "Traceback" not in p.stderr
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--batch-size", 0], "batch_size and max_new_tokens must be >= 1, got 0 and 128"),
-    (["--greedy", "false", "--temperature", 0], "temperature must be > 0 when sampling"),
-    (["--num-examples", 0], "num_examples must be >= 1 or null, got 0"),
+    (["--batch-size", 0], "invalid value of batch_size = 0: must be >= 1"),
+    (["--greedy", "false", "--temperature", 0], "invalid value of temperature = 0.0: must be > 0 when sampling"),
+    (["--num-examples", 0], "invalid value of num_examples = 0: must be >= 1 (null = all)"),
 ])
 def test_bad_generation_settings_fail_in_one_line_before_loading(tmp_path, args, message):
     p = _run(tmp_path, "--model", "no_such_model", *args)  # rejected before the model is looked up

@@ -1,7 +1,6 @@
 """Math-answer rewards (REWARDS.md B and E) and the number reader: one test per docstring-table row,
 the original extraction regex as a reference, and hand-worked examples."""
 import json
-import os
 import re
 from fractions import Fraction
 
@@ -55,9 +54,8 @@ def test_gsm8k_answer_is_the_stripped_text_after_the_hashes():
     assert numbers.gsm8k_answer("no marker") is None
 
 
-@pytest.mark.skipif(not os.path.exists("/work/shared/data/gsm8k/test.jsonl"), reason="GSM8K files absent")
-def test_every_gsm8k_test_gold_answer_reads_as_a_number():
-    with open("/work/shared/data/gsm8k/test.jsonl") as f:
+def test_every_gsm8k_test_gold_answer_reads_as_a_number(shared_data):
+    with open(shared_data("data/gsm8k/test.jsonl"), encoding="utf-8") as f:  # ../shared beside the checkout
         golds = [numbers.gsm8k_answer(json.loads(line)["answer"]) for line in f]
     assert len(golds) == 1319 and all(numbers.gold_number(g) is not None for g in golds)
 

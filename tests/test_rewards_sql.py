@@ -121,6 +121,27 @@ def test_execution_match_compares_table_states_for_writes_and_is_none_for_a_brok
     assert sql.execution_match(DOGS, "SELECT nope FROM dogs", "SELECT 1") is None
 
 
+TWO_ROWS = "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER); INSERT INTO t VALUES (1, 5), (2, 6);"
+
+
+@pytest.mark.parametrize("gen", [  # issue #13 item 5: each leaves main.t unchanged
+    "CREATE TEMP TABLE t AS SELECT id, CASE WHEN id = 1 THEN 0 ELSE v END AS v FROM main.t",
+    "CREATE TEMP VIEW t AS SELECT id, CASE WHEN id = 1 THEN 0 ELSE v END AS v FROM main.t"])
+def test_execution_match_compares_the_gold_tables_not_a_temp_object_that_shadows_them(gen):
+    gold = "UPDATE t SET v = 0 WHERE id = 1"
+    assert sql.execution_match(TWO_ROWS, gold, gen) is False
+    assert sql.sql_execution_accuracy(None, [f"<sql>{gen}</sql>"], sql=[gold], sql_context=[TWO_ROWS]) == [0.0]
+    assert sql.execution_match(TWO_ROWS, gold, "UPDATE t SET v = v - 5 WHERE id < 2") is True
+
+
+@pytest.mark.parametrize("gen", ["CREATE TEMP TABLE x (a)", "CREATE INDEX i ON t (v)", "CREATE VIEW w AS SELECT 1",
+                                 "CREATE TABLE x (a)"])
+def test_execution_match_for_a_write_also_compares_the_objects_in_main_and_temp(gen):
+    gold = "DELETE FROM t WHERE id = 99"  # changes no row
+    assert sql.execution_match(TWO_ROWS, gold, "DELETE FROM t WHERE v > 100") is True
+    assert sql.execution_match(TWO_ROWS, gold, gen) is False
+
+
 def test_execution_accuracy_reward_is_1_for_a_match_0_otherwise_none_for_a_broken_gold():
     texts = ["<sql>SELECT name FROM dogs WHERE age > 15</sql>", "<sql>SELECT 1</sql>", "nothing"]
     gold = "SELECT name FROM dogs WHERE age > 15"

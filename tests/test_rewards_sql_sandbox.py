@@ -1,77 +1,21 @@
-"""The SQL sandbox under hostile queries: each returns a result (reward 0) within its time limit and
-leaves nothing on disk."""
+"""The SQL sandbox's contract: fresh databases, limits, errors as results, the worker process.
+Hostile queries (time, size, files, other databases) are in test_rewards_sql_hostile.py."""
 import os
-import tempfile
+import signal
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from rewards import sql
-from rewards.sql_sandbox import (DEFAULT_TIME_LIMIT_S, SqlContextError, build_database, execute_sql, run_sql,
-                                 split_statements)
+from rewards import sql, sql_sandbox
+from rewards.sql_sandbox import (SqlContextError, build_database, execute_sql, run_sql, split_statements,
+                                 stop_worker, table_contents)
 
 CONTEXT = ("CREATE TABLE n (i INTEGER, s TEXT);"
            "WITH RECURSIVE c(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM c WHERE k < 100) "
            "INSERT INTO n SELECT k, 'row' || k FROM c;")
 GOLD = "SELECT i FROM n WHERE i <= 3"
-SLACK_S = 0.5  # Python overhead around one time-limited statement
-
-
-@pytest.fixture
-def disk_watch(tmp_path, monkeypatch):
-    """Runs the test in an empty cwd; afterwards the cwd must still be empty and the temp dir must hold
-    no new SQLite temp file ("etilqs_*") and none of the paths the hostile SQL names."""
-    monkeypatch.chdir(tmp_path)
-    tmp = tempfile.gettempdir()
-    before = set(os.listdir(tmp))
-    yield tmp_path
-    assert os.listdir(tmp_path) == []
-    new = set(os.listdir(tmp)) - before
-    assert not [name for name in new if name.startswith("etilqs_") or name.startswith("stolen")]
-
-
-def hostile_queries(tmp_path):
-    return {
-        "infinite recursive CTE":
-            "WITH RECURSIVE r(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM r) SELECT count(*) FROM r",
-        "huge cross join": "SELECT count(*) FROM n a, n b, n c, n d, n e, n f",
-        "huge sorted cross join": "SELECT a.s FROM n a, n b, n c, n d ORDER BY random()",
-        "string doubling": "WITH RECURSIVE r(s) AS (SELECT 'x' UNION ALL SELECT s || s FROM r) SELECT length(s) FROM r",
-        "zeroblob": "SELECT length(zeroblob(1000000000))",
-        "quadratic string function": "SELECT instr(hex(zeroblob(500000)), hex(zeroblob(250000)) || 'b')",
-        "quadratic LIKE": "SELECT printf('%.*c', 19000, 'a') LIKE '%' || printf('%.*c', 5000, 'a') || 'b'",
-        "attach a relative path": "ATTACH DATABASE 'stolen.db' AS s",
-        "attach an absolute path": f"ATTACH DATABASE '{tmp_path / 'stolen_abs.db'}' AS s",
-        "attach a file URI": f"ATTACH DATABASE 'file:{tmp_path / 'stolen_uri.db'}?mode=rwc' AS s",
-        "attach in the temp dir": f"ATTACH DATABASE '{os.path.join(tempfile.gettempdir(), 'stolen_tmp.db')}' AS s",
-        "vacuum into a file": f"VACUUM INTO '{tmp_path / 'stolen_copy.db'}'",
-        "load_extension": "SELECT load_extension('/usr/lib/x86_64-linux-gnu/libsqlite3.so')",
-        "multiple statements": "SELECT 1; DROP TABLE n",
-        "pragma write": "PRAGMA writable_schema = ON",
-        "NUL character": "SELECT 1\x00; DROP TABLE n",
-        "lone surrogate": "SELECT '\ud800'",
-    }
-
-
-def test_every_hostile_query_is_refused_within_its_time_limit_without_touching_disk(disk_watch):
-    conn = build_database(CONTEXT)
-    for name, query in hostile_queries(disk_watch).items():
-        start = time.monotonic()
-        result = execute_sql(conn, query)
-        assert result.refused and result.error, name
-        assert time.monotonic() - start < DEFAULT_TIME_LIMIT_S + SLACK_S, name
-    assert execute_sql(conn, "SELECT count(*) FROM n").rows == ((100,),)  # nothing was dropped
-    conn.close()
-
-
-@pytest.mark.parametrize("reward", [sql.sql_execution, sql.sql_execution_accuracy])
-def test_every_hostile_completion_scores_0_within_its_time_limit_without_touching_disk(disk_watch, reward):
-    queries = list(hostile_queries(disk_watch).values())
-    texts = [f"<reasoning>r</reasoning><sql>{q}</sql>" for q in queries]
-    start = time.monotonic()
-    scores = reward(None, texts, sql=[GOLD] * len(texts), sql_context=[CONTEXT] * len(texts))
-    assert scores == [0.0] * len(texts)
-    assert time.monotonic() - start < len(texts) * (DEFAULT_TIME_LIMIT_S + SLACK_S)
 
 
 def test_the_longest_uninterruptible_string_operations_stay_well_under_the_time_limit():
@@ -102,7 +46,7 @@ def test_each_database_is_fresh():
     first.close(), second.close()
 
 
-def test_a_hostile_context_does_not_build_and_names_the_statement(disk_watch):
+def test_a_hostile_context_does_not_build_and_names_the_statement():
     with pytest.raises(SqlContextError, match="statement 2 of 2 fails: denied by the sandbox"):
         build_database("CREATE TABLE t (a); ATTACH 'stolen_ctx.db' AS s;")
     with pytest.raises(SqlContextError, match="statement 1 of 1 fails.*no such table"):
@@ -144,3 +88,57 @@ def test_a_context_with_a_trigger_builds_and_fires():
                           "CREATE TRIGGER g AFTER INSERT ON t BEGIN INSERT INTO log VALUES (new.a); END;"
                           "INSERT INTO t VALUES (7);")
     assert execute_sql(conn, "SELECT n FROM log").rows == ((7,),)
+
+
+def test_table_contents_reads_main_and_temp_tables_under_their_schema():
+    with build_database("CREATE TABLE t (a INT); INSERT INTO t VALUES (1);") as db:
+        assert execute_sql(db, "CREATE TEMP TABLE t AS SELECT 2 AS a").ok
+        assert execute_sql(db, "SELECT a FROM t").rows == ((2,),)  # the temp table shadows main.t
+        tables = table_contents(db)
+        assert list(tables) == [("main", "t"), ("temp", "t")]
+        assert tables[("main", "t")].rows == ((1,),) and tables[("temp", "t")].rows == ((2,),)
+
+
+def test_queries_from_several_threads_each_get_their_own_answer():
+    def count_below(k):
+        return run_sql(CONTEXT, f"SELECT count(*) FROM n WHERE i < {k}").rows
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(count_below, range(60))) == [((max(k - 1, 0),),) for k in range(60)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_worker_and_leaves_the_parents_alone():
+    with build_database(CONTEXT) as db:
+        assert execute_sql(db, "DELETE FROM n WHERE i > 10").ok
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's database is not its own, a new one works
+            ok = (execute_sql(db, "SELECT 1").refused
+                  and run_sql(CONTEXT, "SELECT count(*) FROM n").rows == ((100,),))
+            os._exit(0 if ok else 1)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+        assert execute_sql(db, "SELECT count(*) FROM n").rows == ((10,),)
+
+
+def test_a_worker_that_dies_is_a_refusal_and_the_next_query_gets_a_new_one():
+    assert run_sql(CONTEXT, "SELECT 1").ok
+    os.kill(sql_sandbox._WORKER.process.pid, signal.SIGKILL)  # as a crash inside SQLite would
+    result = run_sql(CONTEXT, "SELECT 1")
+    assert result.refused and "sandbox worker died" in result.error
+    assert run_sql(CONTEXT, "SELECT 1").rows == ((1,),)
+
+
+def test_a_worker_that_cannot_start_raises_rather_than_scoring_0(monkeypatch):
+    stop_worker()
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.raises(RuntimeError, match="did not start"):
+        run_sql(CONTEXT, "SELECT 1")
+    monkeypatch.undo()
+    assert run_sql(CONTEXT, "SELECT 1").rows == ((1,),)
+
+
+def test_a_closed_database_cannot_be_used():
+    db = build_database(CONTEXT)
+    db.close()
+    with pytest.raises(ValueError, match="closed"):
+        execute_sql(db, "SELECT 1")

@@ -1,13 +1,15 @@
-"""Run outputs: atomic writes, metrics JSONL, run-name resolution, seeding."""
+"""Run outputs: atomic writes (modes, full disk), metrics JSONL, run-name resolution, seeding."""
 import csv
+import errno
 import json
 import os
 import random
+import stat
 
 import pytest
 import torch
 
-from grpo.run import (MetricsWriter, RunDir, atomic_dir, atomic_path, atomic_write_json, markdown_table,
+from grpo.run import (MetricsWriter, RunDir, WriteError, atomic_dir, atomic_path, atomic_write_json, markdown_table,
                       read_metrics, resolve_run_path, rng_state, seed_everything, set_rng_state, write_report)
 
 
@@ -82,7 +84,44 @@ def test_latest_checkpoint_ignores_temporaries(tmp_path):
     run.checkpoint(3).mkdir()
     run.checkpoint(12).mkdir()
     (run.checkpoints / ".step-000020.abc.tmp").mkdir()
+    (run.checkpoints / "step-000030.damaged").mkdir()  # set aside on resume (grpo.checkpoint [D6])
     assert run.latest_checkpoint() == run.checkpoint(12)
+    run.checkpoint(999_999).mkdir()
+    run.checkpoint(1_000_000).mkdir()  # seven digits: by name it would sort before step-999999
+    assert run.latest_checkpoint() == run.checkpoint(1_000_000)
+
+
+@pytest.fixture()
+def umask_002():
+    old = os.umask(0o002)
+    yield
+    os.umask(old)
+
+
+def test_atomic_writes_follow_the_umask(tmp_path, umask_002):
+    """mkstemp/mkdtemp made every atomic output 0600/0700; safetensors writes 0600 itself (issue #14 item 7)."""
+    from safetensors.torch import save_file
+
+    atomic_write_json(tmp_path / "config.json", {"a": 1})
+    with atomic_dir(tmp_path / "final") as tmp:
+        (tmp / "sub").mkdir()
+        save_file({"w": torch.zeros(2)}, str(tmp / "sub" / "w.safetensors"))
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [*tmp_path.rglob("*")]}
+    assert modes == {"config.json": 0o664, "final": 0o775, "sub": 0o775, "w.safetensors": 0o664}
+
+
+def test_a_full_disk_in_an_atomic_dir_is_one_error_naming_it_and_leaves_nothing(tmp_path):
+    with pytest.raises(WriteError, match=f"cannot write {tmp_path / 'step-000001'}: No space left on device"):
+        with atomic_dir(tmp_path / "step-000001") as tmp:
+            (tmp / "a.bin").write_bytes(b"1")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(WriteError, match="No space left on device"):  # as safetensors (Rust) reports it
+        with atomic_dir(tmp_path / "step-000001"):
+            raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+    with pytest.raises(RuntimeError, match="unrelated"):  # not a storage error: unchanged
+        with atomic_dir(tmp_path / "step-000001"):
+            raise RuntimeError("unrelated")
+    assert os.listdir(tmp_path) == []
 
 
 def test_rng_state_round_trip_reproduces_draws():

@@ -15,7 +15,6 @@ from grpo.data import load_gsm8k
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "gsm8k.json")
-GSM8K = Path("/work/shared/data/gsm8k")  # the real files, when this machine has them
 COLUMNS = ["question", "labeled_cot", "labeled_answer", "generated_text", "extracted_thinking",
            "extracted_answer", "correct"]
 
@@ -73,7 +72,7 @@ def test_sft_then_evaluate_scores_a_model_that_learned_the_format(env, memorised
     assert summary["settings"]["top_k"] == 50 and summary["settings"]["max_new_tokens"] == 80  # evaluate section
 
 
-def test_pairs_mode_takes_the_original_flags_and_its_adapter_evaluates_on_gsm8k(env, tmp_path):
+def test_pairs_mode_takes_the_original_flags_and_its_adapter_evaluates_on_gsm8k(env, tmp_path, shared_data):
     out = tmp_path / "sft-demo"
     run("train_sft.py", "--mode", "pairs", "--model_name_or_path", "tiny-llama", "--train_jsonl", "bundled",
         "--out_dir", out, "--epochs", 1, "--lr", 1e-5, "--batch_size", 1, "--grad-accum", 1, "--num-examples", 3,
@@ -85,9 +84,11 @@ def test_pairs_mode_takes_the_original_flags_and_its_adapter_evaluates_on_gsm8k(
     adapter = json.loads((out / "final" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "tiny-llama"
 
-    # Sampled evaluation (T = 0.7, top-k 50) of the adapter, on real GSM8K test rows when present.
+    # Sampled evaluation (T = 0.7, top-k 50) of the adapter, on real GSM8K test rows when ../shared has them
+    # (the bundled arithmetic task otherwise; under CI their absence is a failure: conftest.py).
     csv_path = tmp_path / "sub" / "pairs_eval.csv"  # a path with a folder is used as given
-    dataset = GSM8K if (GSM8K / "test.jsonl").is_file() else "arithmetic"
+    test_file = shared_data("data/gsm8k/test.jsonl", if_missing="none")
+    dataset = test_file.parent if test_file else "arithmetic"
     p = run("evaluate_model.py", "--model-path", out, "--dataset", dataset, "--num-examples", 3, "--batch-size", 2,
             "--max-new-tokens", 12, "--output-file", csv_path, env=env)
     summary = json.loads(csv_path.with_suffix(".json").read_text())

@@ -19,6 +19,11 @@ Implementation details:
          accepted where `int` or `float` is asked for (JSON `true` is not a count).
     [D4] `limit` counts good rows and stops reading there, so `limit=8` on a huge file is cheap; bad rows
          after the limit are not looked at.
+    [D5] Files are UTF-8 (RFC 8259 §8.1; a UTF-8 byte-order mark is accepted). A line that is not UTF-8
+         (a Latin-1 or Windows-1252 file) is a bad row at its "file:line"; a UTF-16/32 file (byte-order
+         mark, or NUL bytes in its first line) is one error for the whole file. Both say how to convert.
+    [D6] A source without a single row (empty file, blank lines only, `[]`, an empty hub split) is an
+         error naming it: nothing downstream can train or evaluate on zero rows.
 """
 from __future__ import annotations
 
@@ -68,25 +73,69 @@ def check_row(row: Any, where: str, *, required: Schema, optional: Schema | None
     return row
 
 
+_WIDE_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")  # UTF-16 LE/BE, UTF-32 BE (32 LE starts as 16 LE)
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _check_not_wide(first_line: bytes, path: Path) -> None:
+    """Raise if the file is UTF-16/32 text [D5]: no line of it could be read as UTF-8 JSON."""
+    if first_line.startswith(_WIDE_BOMS) or b"\x00" in first_line:
+        raise DataError(f"{path}:1: the file is UTF-16 or UTF-32 text, not UTF-8; convert it, e.g. "
+                        f"`iconv -f UTF-16 -t UTF-8 {path.name} > {path.stem}.utf8{path.suffix}`")
+
+
+def _not_utf8(where: str, byte: int, column: int) -> DataError:
+    return DataError(f"{where}: not UTF-8 (byte 0x{byte:02x} at byte {column} of the line: a Latin-1 or "
+                     "Windows-1252 file?); re-save the file as UTF-8, e.g. `iconv -f latin1 -t UTF-8`")  # [D5]
+
+
 def _jsonl_items(path: Path) -> Iterator[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):  # [D1] 1-based
-            if not line.strip():
+    n_lines = n_items = 0
+    with path.open("rb") as f:  # bytes, so that a decoding error is located at its line [D5]
+        for line_no, raw in enumerate(f, start=1):  # [D1] 1-based
+            n_lines = line_no
+            if line_no == 1:
+                _check_not_wide(raw, path)
+                raw = raw.removeprefix(_UTF8_BOM)
+            if not raw.strip():
                 continue
+            n_items += 1
             where = f"{path}:{line_no}"
             try:
-                yield where, json.loads(line)
+                yield where, json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                yield where, _not_utf8(where, raw[e.start], e.start + 1)
             except json.JSONDecodeError as e:
                 yield where, DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
+    if n_items == 0:  # [D6]
+        raise DataError(f"{path}: no rows: the file is empty" if n_lines == 0 else
+                        f"{path}: no rows: all {n_lines} line(s) of the file are blank")
+
+
+def read_utf8(path: Path) -> str:
+    """The whole file as text. UTF-16/32 text, or a byte that is not UTF-8, is a DataError naming
+    "file:line" [D5]; a UTF-8 byte-order mark is dropped."""
+    data = path.read_bytes()
+    _check_not_wide(data.partition(b"\n")[0], path)
+    data = data.removeprefix(_UTF8_BOM)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_no = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise _not_utf8(f"{path}:{line_no}", data[e.start], column) from None
 
 
 def _json_items(path: Path) -> Iterator[tuple[str, Any]]:
+    text = read_utf8(path)
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))
+        items = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON array of objects, got {type(items).__name__}")
+    if not items:  # [D6]
+        raise DataError(f"{path}: no rows: the JSON array is empty")
     for i, item in enumerate(items):
         yield f"{path}[{i}]", item
 
@@ -100,8 +149,11 @@ def _hub_items(source: str, split: str, config: str | None) -> Iterator[tuple[st
         raise DataError(f"could not load hub dataset {source!r} (config={config!r}, split={split!r}): "
                         f"{type(e).__name__}: {e}. Offline? Pass a local .jsonl/.json file or a "
                         f"directory holding {split}.jsonl instead.") from e
+    i = -1
     for i, item in enumerate(ds):
         yield f"{source}[{split}][{i}]", item  # [D1]
+    if i < 0:  # [D6]
+        raise DataError(f"{source}[{split}]: no rows: the split is empty")
 
 
 def _looks_like_path(source: str) -> bool:
@@ -152,7 +204,8 @@ def load_rows(source: str | Path, *, split: str = "train", config: str | None = 
     Returns:
         list of dicts, in file order.
     Raises:
-        DataError listing the location ("file:line") and problem of each bad row [D1, D2].
+        DataError listing the location ("file:line") and problem of each bad row [D1, D2], including lines
+        that are not UTF-8; or one naming the file when it is UTF-16/32 [D5] or holds no row [D6].
     """
     assert limit is None or limit >= 0, f"limit must be >= 0 or None, got {limit}"
     rows: list[Row] = []

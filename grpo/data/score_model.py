@@ -31,12 +31,13 @@ Implementation details:
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from pathlib import Path
 from typing import Iterator
 
-from .rows import MAX_REPORTED, DataError, Row, check_row, load_rows
+from .rows import MAX_REPORTED, DataError, Row, check_row, load_rows, read_utf8
 
 TARGET_COLUMNS = ("similarity_with_penalty", "sbert_similarity", "target")
 REQUIRED = {"sql": str, "reasoning": str, "predicted_nl": str}
@@ -71,18 +72,20 @@ _HEADER = ("step", "reasoning", "think:", "analysis:", "conclusion:")
 # ------------------------------------------------------------------------------------- reading
 def _csv_items(path: Path) -> Iterator[tuple[str, dict]]:
     try:
-        f = path.open(encoding="utf-8", newline="")
+        text = read_utf8(path)  # UTF-16 or a non-UTF-8 byte: an error at its line (grpo.data.rows [D5])
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    with f:
-        reader = csv.DictReader(f)
-        start = 2
-        try:
-            for row in reader:
-                yield f"{path}:{start}", row  # [D1]
-                start = reader.line_num + 1
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise DataError(f"{path}:{reader.line_num}: unreadable CSV ({e})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    start = 2
+    try:
+        for row in reader:
+            yield f"{path}:{start}", row  # [D1]
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: unreadable CSV ({e})") from None
+    if start == 2:  # no record: an empty file or a header only (grpo.data.rows [D6])
+        raise DataError(f"{path}: no rows: the file is empty" if not text.strip() else
+                        f"{path}: no rows: the file has a header line and no records")
 
 
 def _with_target(row: Row, where: str = "") -> Row:
