@@ -9,7 +9,8 @@ the original set of each system of REWARDS.md.
 
 Modules, one concept each: `inputs` (completions and columns), `formats` (tag layouts A B C E),
 `numbers` (reading and comparing math answers), `math_answers` (B and generic correctness),
-`reasoncheck` (E correctness), `score_model` (A), `sql_text`, `sql_sandbox`, `sql` (C).
+`reasoncheck` (E correctness), `score_model` (A), `sql_text`, `sql_sandbox` (with `sql_watchdog` and
+`sql_worker`, the worker process), `sql` (C).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Implementation details:
      overrides REWARDS.md C here: a query stopped for time or size scores 0 (before, a SELECT whose
      printf ran 48 s kept the 0.2·W floor, an UPDATE that did so the 0.5·W of an executed write, SQL
      over 1 MB the 0.1·W type bonus), and the time limit holds whatever one SQLite step costs
-     (`rewards.sql_sandbox` [D4]).
+     (`rewards.sql_watchdog` [D1]).
 [D3] A gold query or context that fails scores 0.0 (the original graded the gold's own error message);
      the cleansing script drops such rows, so a cleansed dataset never meets this.
 [D4] When the column names differ, the row-set Jaccard compares rows projected on the common column

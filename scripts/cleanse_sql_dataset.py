@@ -46,8 +46,10 @@ from grpo.run import atomic_write_json, atomic_write_text, output_file, progress
 from rewards.sql_sandbox import SqlContextError, build_database, execute_sql  # noqa: E402
 from rewards.sql_text import statement_type  # noqa: E402
 
+# the reasons a sandbox refusal names (rewards/sql_worker.py [D7], sql_watchdog.py, sql_sandbox.py [D1])
 SANDBOX_REFUSALS = ("time limit exceeded", "denied by the sandbox", "size limit exceeded",
-                    "SQL text SQLite cannot take")  # the reasons rewards/sql_sandbox.py [D6] reports
+                    "SQL text SQLite cannot take", "more than one statement", "sandbox worker died",
+                    "database lost")
 REASONS = ("malformed", "context_error", "context_refused", "gold_error", "gold_refused", "gold_empty",
            "duplicate")
 
@@ -65,7 +67,7 @@ class CleanseSettings:
     output_file: str = "sql_clean.jsonl"
     """kept rows as JSONL; a bare name goes to outputs/data/ ($GRPO_OUTPUT_ROOT/data); report beside it"""
     time_limit_s: float = 1.0
-    """sandbox time limit per gold query (and 5x this per context statement)"""
+    """sandbox time limit per gold query (and 5x this for building the whole context of a row)"""
     drop_empty_results: bool = False
     """also drop rows whose gold SELECT returns no row (such rows give the reward little to compare)"""
     drop_duplicates: bool = False

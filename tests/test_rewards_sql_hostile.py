@@ -1,4 +1,5 @@
-"""The SQL sandbox against a suite of hostile queries (issue #13 items 4 and 5; rewards/sql_sandbox.py).
+"""The SQL sandbox against a suite of hostile queries (issue #13 items 4 and 5; rewards/sql_sandbox.py
+and the two modules it uses, sql_watchdog.py and sql_worker.py).
 
 Every query must come back within its time limit + 0.5 s whatever SQLite does inside one step, with the
 outcome written beside it ("refused": the sandbox stopped or denied it, which the rewards score 0;
