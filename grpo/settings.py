@@ -18,6 +18,16 @@ from grpo.run import RunSettings
 from grpo.tasks import PRESET_OF_TASK
 
 
+def check_sampling(settings) -> None:
+    """The sampling settings GRPO and SEGA share (temperature, top_p, top_k, min_p, stop_strings) [grpo.config D9]."""
+    above(settings, "temperature", 0)
+    within(settings, "top_p", 0, 1, low_open=True, why="1 = off")
+    at_least(settings, "top_k", 0, why="0 = off")
+    within(settings, "min_p", 0, 1, why="0 = off")
+    require(settings, "stop_strings", all(settings.stop_strings),
+            "must not hold an empty string (it would end every completion)")
+
+
 @dataclass
 class PromptLengthSettings:
     """How long a prompt may be (grpo.data.prompts): GRPO, SEGA and evaluation share these."""
@@ -158,12 +168,7 @@ class GRPOSettings(RunSettings, OptimSettings, TaskSettings):
                 f"must be divisible by the number of processes, WORLD_SIZE = {world} (each samples an equal share)")
         at_least(self, "num_generations", 2, why="the group baseline needs two completions per prompt")
         at_least(self, "max_completion_length", 1)
-        above(self, "temperature", 0)
-        within(self, "top_p", 0, 1, low_open=True, why="1 = off")
-        at_least(self, "top_k", 0, why="0 = off")
-        within(self, "min_p", 0, 1, why="0 = off")
-        require(self, "stop_strings", all(self.stop_strings),
-                "must not hold an empty string (it would end every completion)")
+        check_sampling(self)
         # objective
         at_least(self, "adv_eps", 0)
         within(self, "epsilon", 0, 1, why="the ratio's lower clip is 1 - epsilon")

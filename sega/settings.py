@@ -17,7 +17,7 @@ from grpo.distributed import env_world_size
 from grpo.models import ModelSettings
 from grpo.optim import OptimSettings
 from grpo.run import RunSettings
-from grpo.settings import PromptLengthSettings
+from grpo.settings import PromptLengthSettings, check_sampling
 from sega.scoring import DEFAULT_MARKERS
 
 
@@ -115,12 +115,7 @@ class SegaSettings(RunSettings, OptimSettings, PromptLengthSettings, ModelSettin
         # 1. sampling
         at_least(self, "k", 2, why="the group advantage needs two candidates per prompt")
         at_least(self, "gen_max_new_tokens", 1)
-        above(self, "temperature", 0)
-        within(self, "top_p", 0, 1, low_open=True, why="1 = off")
-        at_least(self, "top_k", 0, why="0 = off")
-        within(self, "min_p", 0, 1, why="0 = off")
-        require(self, "stop_strings", all(self.stop_strings),
-                "must not hold an empty string (it would end every candidate)")
+        check_sampling(self)
         # 2.-4. score, filter, rewards
         at_least(self, "lambda_fork", 0)
         require(self, "top_m", 0 < self.top_m < 1 or (self.top_m >= 1 and float(self.top_m).is_integer()),
