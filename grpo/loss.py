@@ -1,18 +1,23 @@
 """The GRPO policy loss: importance ratio, clipped surrogate, k3 KL, entropy bonus, aggregation.
 
 Objective, minimised (DeepSeekMath arXiv 2402.03300 Eq. 3; DAPO arXiv 2503.14476 §3; Dr. GRPO
-arXiv 2503.20783 §3.1; GSPO arXiv 2507.18071 §4; forking tokens arXiv 2506.01939):
+arXiv 2503.20783 §3.1; GSPO arXiv 2507.18071 §4; forking tokens arXiv 2506.01939; LUSPO arXiv 2602.05261):
 
     ρ_{i,t} = exp(lp_θ − lp_old)                                     token level (GRPO)
     s_i     = exp(Σ_t m (lp_θ − lp_old) / Σ_t m), same for every t    sequence level (GSPO)
     ℓ_{i,t} = −min(ρ̃·A_i, clip(ρ, 1−ε_low, 1+ε_high)·A_i),  ρ̃ = min(ρ, δ) (two-sided clipping)
-    loss    = Agg(sel·ℓ) + β·Agg(kl_k3) − c·Σ_sel H / K_sel
+              (cispo, sapo, vespo: their own ℓ, grpo.surrogates; × M_i with the off-policy mask)
+    loss    = Agg(sel·ℓ) + β·Agg(w·kl_k3) − c·Σ_sel H / K_sel,   w = 1 (or ρ: use_bias_correction_kl [D13])
 
     Agg over the generation batch (N sequences, all micro-batches and ranks), L = max_completion_length:
       grpo     (1/N) Σ_i (1/|o_i|) Σ_t x_{i,t}     sequence-mean of token-means
       dapo     Σ_{i,t} x / Σ_{i,t} m                token-mean over the whole batch
       dr_grpo  Σ_{i,t} x / (N · L)                  constant normaliser
       bnpo     Σ_{i,t} x / Σ_{i,t} m                over the *local* micro-batch only
+      luspo    (1/N) Σ_i Σ_t x_{i,t}                each sequence's sum: |o_i| × its token-mean [D12]
+
+    loss_type = surrogate + Agg (LOSS_TYPES, ALGORITHMS.md §2b): grpo, dapo, dr_grpo, bnpo, luspo are the
+    clipped ℓ with the Agg of their name; cispo and vespo aggregate like dapo, sapo like grpo.
 
 Symbol → code:
 
@@ -21,7 +26,8 @@ Symbol → code:
     sel                   token_mask                 (N, T) bool forking tokens (None = every token)
     A_i                   advantages                 (N,) from grpo.advantages, (B, G) flattened
     ρ or s_i              ratio                      (N, T)
-    ε_low, ε_high, δ      eps_low, eps_high, delta
+    ε_low, ε_high, δ      eps_low, eps_high, delta     (cispo: eps_high is its cap ε_max)
+    M_i                   keep                       (N, 1) bool off-policy mask (grpo.surrogates [D4])
     β, c, H               beta, entropy_coef, entropy   H: per-token entropy (carries grad)
     N, Σ m, K_sel, L      num_sequences, num_tokens, num_selected_tokens, max_completion_length
 
@@ -59,7 +65,15 @@ Implementation details:
      took the finite clipped branch, its backward formed 0·inf = NaN (issue #13). A ≥ 0: the clip
      holds ℓ at −(1+ε_high)·A for any ρ > 1+ε_high; with δ, ℓ = −δ·A for ρ > δ. The cap sits one nat
      above those thresholds. A < 0 without δ is left unbounded: there ρ·|A| is the loss. The logged
-     ratio_mean counts a capped token at its cap.
+     ratio_mean counts a capped token at its cap. The other surrogates' caps: grpo.surrogates [D5].
+[D12] luspo is GSPO's clipped surrogate summed over each sequence (the paper scales each sequence's loss by
+     its length), over N as TRL's `.mean()`. Levels as loss_type requires, refused otherwise (TRL only
+     warns): luspo sequence, cispo and vespo token (their weights are per token; vespo forms its own
+     sequence weight). luspo's normaliser counts no tokens, so it rejects "selected_tokens" as dr_grpo [D7].
+[D13] use_bias_correction_kl (DeepSeek-V3.2 arXiv 2512.02556; TRL's default True): the KL term is ρ·kl_k3,
+     with the uncapped ratio of the importance_sampling_level (GSPO: s_i) and the gradient through both,
+     unbiased for KL(π_θ ‖ π_ref) when tokens come from π_old (at token level). Ours is off by default
+     (DeepSeekMath's k3, ALGORITHMS.md §2): even at μ = 1 it adds β·kl·∇lp_θ (docs/trl_differences.md).
 """
 from __future__ import annotations
 
@@ -69,6 +83,7 @@ from typing import Literal
 
 import torch
 
+from grpo import surrogates
 from grpo.kl import kl_k3
 
 Count = int | float | torch.Tensor  # a token or sequence count, possibly all-reduced (0-dim tensor)
@@ -172,40 +187,66 @@ def aggregate_bnpo(x: torch.Tensor, mask: torch.Tensor, *, num_sequences: Count,
     return local_mean * (mask.shape[0] / num_sequences)  # [D2]
 
 
+def aggregate_luspo(x: torch.Tensor, mask: torch.Tensor, *, num_sequences: Count, num_tokens: Count,
+                    max_completion_length: int) -> torch.Tensor:
+    """(1/N) Σ_i Σ_t m·x: the sum of each sequence's tokens, |o_i| × its token-mean (LUSPO) [D12]."""
+    return x.masked_fill(~mask, 0.0).sum() / num_sequences  # [D1]
+
+
 AGGREGATE = {"grpo": aggregate_grpo, "dapo": aggregate_dapo, "dr_grpo": aggregate_dr_grpo,
-             "bnpo": aggregate_bnpo}
+             "bnpo": aggregate_bnpo, "luspo": aggregate_luspo}
+
+# loss_type -> (per-token surrogate, aggregation), ALGORITHMS.md §2, §2b
+LOSS_TYPES = {"grpo": ("clipped", "grpo"), "dapo": ("clipped", "dapo"), "dr_grpo": ("clipped", "dr_grpo"),
+              "bnpo": ("clipped", "bnpo"), "luspo": ("clipped", "luspo"), "cispo": ("cispo", "dapo"),
+              "sapo": ("sapo", "grpo"), "vespo": ("vespo", "dapo")}
+LEVEL_OF = {"luspo": "sequence", "cispo": "token", "vespo": "token"}  # the only level these accept [D12]
+CONSTANT_NORMALISER = ("dr_grpo", "luspo")  # no token count: "selected_tokens" is undefined [D7]
 
 
 @dataclass
 class PolicyLossStats:
-    """Detached 0-dim tensors [D10]; means over the local completion tokens [D6]."""
+    """Detached 0-dim tensors [D10]; means over the local completion tokens [D6]; None where not applicable."""
     pg_loss: torch.Tensor  # this micro-batch's share of the surrogate term (no KL, no entropy)
-    kl: torch.Tensor | None  # mean k3 KL to the reference; None without ref_logp
+    kl: torch.Tensor | None  # mean KL term to the reference (ρ·k3 with use_bias_correction_kl); None without ref_logp
     entropy: torch.Tensor | None  # mean per-token entropy; None without entropy
     ratio_mean: torch.Tensor  # mean ρ (GSPO: s_i, counted once per token)
-    clip_low: torch.Tensor  # fraction of tokens with ρ < 1−ε_low and A < 0
-    clip_high: torch.Tensor  # fraction of tokens with ρ > 1+ε_high and A > 0
-    clip_region: torch.Tensor  # clip_low + clip_high
+    clip_low: torch.Tensor | None  # fraction of tokens with ρ < 1−ε_low and A < 0 (clipped surrogate only)
+    clip_high: torch.Tensor | None  # fraction of tokens with ρ > 1+ε_high and A > 0 (clipped surrogate only)
+    clip_region: torch.Tensor | None  # clip_low + clip_high (clipped surrogate only)
+    cispo_clip_ratio: torch.Tensor | None  # cispo: fraction of tokens with ρ > ε_max and A > 0
+    vespo_phi_seq_mean: torch.Tensor | None  # vespo: mean φ_i over the sequences with a completion token
+    off_policy_masked: torch.Tensor | None  # fraction of those sequences the off-policy mask drops
     num_tokens: torch.Tensor  # local Σ m: the weight for combining micro-batch stats
     num_selected_tokens: torch.Tensor  # local Σ m·sel
+    num_sequences: torch.Tensor  # local sequences with a completion token: the weight of the per-sequence stats
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                completion_mask: torch.Tensor, *, loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"],
+                completion_mask: torch.Tensor, *,
+                loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo", "luspo", "cispo", "sapo", "vespo"],
                 eps_low: float, eps_high: float, delta: float | None = None,
                 importance_sampling_level: Literal["token", "sequence"] = "token",
-                ref_logp: torch.Tensor | None = None, beta: float = 0.0,
+                sapo_temperature: tuple[float, float] = (1.0, 1.05),
+                vespo_k: tuple[float, float] = (2.0, 3.0), vespo_lambda: tuple[float, float] = (3.0, 2.0),
+                off_policy_mask_threshold: float | None = None, sampling_logp: torch.Tensor | None = None,
+                ref_logp: torch.Tensor | None = None, beta: float = 0.0, use_bias_correction_kl: bool = False,
                 entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
                 token_mask: torch.Tensor | None = None,
                 token_normalizer: Literal["all_tokens", "selected_tokens"] = "all_tokens",
                 num_sequences: Count, num_tokens: Count, num_selected_tokens: Count | None = None,
                 max_completion_length: int) -> tuple[torch.Tensor, PolicyLossStats]:
-    """loss = Agg(sel·ℓ) + β·Agg(kl_k3) − c·Σ_sel H / K_sel, this micro-batch's share [D1].
+    """loss = Agg(M·sel·ℓ) + β·Agg(w·kl_k3) − c·Σ_sel H / K_sel, this micro-batch's share [D1].
 
     Args:
         logp: (N, T) current-policy log-probs of the sampled tokens (carries grad); old_logp, ref_logp:
             (N, T) behaviour / reference log-probs (no grad). Any float dtype, anything on padding [D3].
         advantages: (N,) one per sequence. completion_mask: (N, T) bool, truncation applied [D9].
+        loss_type: the surrogate and its aggregation (LOSS_TYPES); eps_high is cispo's cap ε_max.
+        sapo_temperature: (τ_pos, τ_neg); vespo_k, vespo_lambda: (for A ≥ 0, for A < 0) (grpo.surrogates).
+        off_policy_mask_threshold: δ_mask, None = no mask; sampling_logp: (N, T) the sampler's log-probs
+            for it, None = old_logp (grpo.surrogates [D4]).
+        use_bias_correction_kl: weight the KL by ρ [D13].
         entropy: (N, T) per-token entropy H (carries grad); required when entropy_coef != 0.
         token_mask: (N, T) bool forking-token selection [D7], or None for every token.
         num_sequences, num_tokens, num_selected_tokens: N, Σ m, Σ m·sel over the whole generation batch
@@ -218,17 +259,22 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     assert completion_mask.dtype == torch.bool and completion_mask.shape == (n, t), "mask: (N, T) bool"
     assert old_logp.shape == (n, t) and advantages.shape == (n,), "need old_logp (N, T), advantages (N,)"
     assert token_mask is None or (token_mask.dtype == torch.bool and token_mask.shape == (n, t)), "token_mask"
-    if loss_type not in AGGREGATE:
-        raise ValueError(f"loss_type must be one of {sorted(AGGREGATE)}, got {loss_type!r}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {sorted(LOSS_TYPES)}, got {loss_type!r}")
     if importance_sampling_level not in ("token", "sequence"):
         raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', "
                          f"got {importance_sampling_level!r}")
+    if LEVEL_OF.get(loss_type, importance_sampling_level) != importance_sampling_level:
+        raise ValueError(f"loss_type {loss_type!r} needs importance_sampling_level={LEVEL_OF[loss_type]!r} [D12]")
     if token_normalizer not in ("all_tokens", "selected_tokens"):
         raise ValueError(f"token_normalizer must be 'all_tokens' or 'selected_tokens', "
                          f"got {token_normalizer!r}")
-    if token_normalizer == "selected_tokens" and loss_type == "dr_grpo":
-        raise ValueError("dr_grpo has a constant normaliser: token_normalizer='selected_tokens' "
+    if token_normalizer == "selected_tokens" and loss_type in CONSTANT_NORMALISER:
+        raise ValueError(f"{loss_type} has a constant normaliser: token_normalizer='selected_tokens' "
                          "is undefined [D7]")
+    surrogate, aggregation = LOSS_TYPES[loss_type]
+    if delta is not None and surrogate != "clipped":
+        raise ValueError(f"delta caps the clipped surrogate; loss_type {loss_type!r} has none")
     if beta != 0.0 and ref_logp is None:
         raise ValueError("beta != 0 needs ref_logp")
     if entropy_coef != 0.0 and entropy is None:
@@ -239,7 +285,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         raise ValueError("token_mask with 'selected_tokens' or an entropy bonus needs num_selected_tokens")
     mask = completion_mask
     selected = mask if token_mask is None else mask & token_mask  # (N, T)
-    aggregate = AGGREGATE[loss_type]
+    aggregate = AGGREGATE[aggregation]
     norms = dict(num_sequences=num_sequences, num_tokens=num_tokens,
                  max_completion_length=max_completion_length)
     selected_norms = {**norms, "num_tokens": num_selected_tokens}
@@ -249,38 +295,65 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
 
     logp, old_logp = clean(logp), clean(old_logp)
     adv = _fp32(advantages)[:, None]  # (N, 1)
-    # 1. importance ratio
-    cap = ratio_cap(adv, eps_high=eps_high, delta=delta)  # (N, 1)  [D11]
-    if importance_sampling_level == "token":
-        ratio = token_ratio(logp, old_logp, max_log_ratio=cap)  # (N, T)
-    else:
-        ratio = sequence_ratio(logp, old_logp, mask, max_log_ratio=cap)  # (N, T)  [D4]
-    # 2. clipped surrogate, on the selected tokens
-    per_token = clipped_surrogate(ratio, adv, eps_low=eps_low, eps_high=eps_high, delta=delta)  # (N, T)
+
+    def importance_ratio(cap: torch.Tensor | float | None) -> torch.Tensor:  # cap: (N, 1), a float or None
+        cap = logp.new_tensor(cap) if isinstance(cap, float) else cap  # [D11]
+        if importance_sampling_level == "token":
+            return token_ratio(logp, old_logp, max_log_ratio=cap)  # (N, T)
+        return sequence_ratio(logp, old_logp, mask, max_log_ratio=cap)  # (N, T)  [D4]
+
+    # 1.-2. importance ratio, capped where the cap changes nothing [D11], and the per-token surrogate
+    phi = None
+    if surrogate == "clipped":
+        ratio = importance_ratio(ratio_cap(adv, eps_high=eps_high, delta=delta))  # (N, T)
+        per_token = clipped_surrogate(ratio, adv, eps_low=eps_low, eps_high=eps_high, delta=delta)  # (N, T)
+    elif surrogate == "cispo":
+        ratio = importance_ratio(surrogates.cispo_ratio_cap(eps_high))  # (N, T)
+        per_token = surrogates.cispo_surrogate(ratio, adv, logp, eps_max=eps_high)  # (N, T)
+    elif surrogate == "sapo":
+        ratio = importance_ratio(surrogates.sapo_ratio_cap(*sapo_temperature))  # (N, T)
+        per_token = surrogates.sapo_surrogate(ratio, adv, temperature_pos=sapo_temperature[0],
+                                              temperature_neg=sapo_temperature[1])  # (N, T)
+    else:  # vespo: ρ enters the stats only
+        ratio = importance_ratio(surrogates.VESPO_TOKEN_LOG_RATIO_MAX)  # (N, T)
+        phi = surrogates.vespo_weight(logp - old_logp, mask, adv, k_pos=vespo_k[0], lambda_pos=vespo_lambda[0],
+                                      k_neg=vespo_k[1], lambda_neg=vespo_lambda[1])  # (N, 1)
+        per_token = surrogates.vespo_surrogate(phi, adv, logp)  # (N, T)
+    keep = None
+    if off_policy_mask_threshold is not None:  # DeepSeek-V3.2's off-policy sequence mask
+        lp_s = old_logp if sampling_logp is None else clean(sampling_logp)  # (N, T)
+        keep = surrogates.off_policy_mask(logp, lp_s, adv, mask, threshold=off_policy_mask_threshold)  # (N, 1)
+        per_token = torch.where(keep, per_token, 0.0)  # (N, T)
+    # 3. aggregation, on the selected tokens
     if token_normalizer == "all_tokens":
         pg_loss = aggregate(per_token.masked_fill(~selected, 0.0), mask, **norms)  # [D7]
     else:
         pg_loss = aggregate(per_token, selected, **selected_norms)  # [D7]
     loss = pg_loss
-    # 3. KL to the reference, on every completion token
+    # 4. KL to the reference, on every completion token
     kl = None if ref_logp is None else kl_k3(logp, clean(ref_logp))  # (N, T)
+    if kl is not None and use_bias_correction_kl:
+        kl = importance_ratio(None) * kl  # (N, T) uncapped ρ, gradient through both [D13]
     if beta != 0.0:
         loss = loss + beta * aggregate(kl, mask, **norms)  # [D8]
-    # 4. entropy bonus, on the selected tokens, as a token-mean over the whole batch
+    # 5. entropy bonus, on the selected tokens, as a token-mean over the whole batch
     entropy = None if entropy is None else clean(entropy)  # (N, T)
     if entropy_coef != 0.0:
         loss = loss - entropy_coef * aggregate_dapo(entropy, selected, **selected_norms)  # [D8]
-    # 5. stats over the local completion tokens
+    # 6. stats over the local completion tokens [D6], per-sequence ones over the sequences with a token
     with torch.no_grad():
-        count = mask.sum()
+        count, has_tokens = mask.sum(), mask.any(-1, keepdim=True)  # (), (N, 1)
 
-        def mean(x: torch.Tensor) -> torch.Tensor:
-            return x.masked_fill(~mask, 0.0).sum() / count.clamp(min=1)  # ()  [D6]
+        def mean(x: torch.Tensor | None, where: torch.Tensor = mask) -> torch.Tensor | None:
+            return None if x is None else x.masked_fill(~where, 0.0).sum() / where.sum().clamp(min=1)  # ()
 
         low, high = clipped_tokens(ratio, adv, eps_low=eps_low, eps_high=eps_high)  # (N, T) bool
+        clipped, dropped = surrogate == "clipped", None if keep is None else (~keep).float()  # dropped (N, 1)
         stats = PolicyLossStats(
-            pg_loss=pg_loss.detach(), kl=None if kl is None else mean(kl),
-            entropy=None if entropy is None else mean(entropy), ratio_mean=mean(ratio),
-            clip_low=mean(low.float()), clip_high=mean(high.float()), clip_region=mean((low | high).float()),
-            num_tokens=count, num_selected_tokens=selected.sum())
+            pg_loss=pg_loss.detach(), kl=mean(kl), entropy=mean(entropy), ratio_mean=mean(ratio),
+            clip_low=mean(low.float()) if clipped else None, clip_high=mean(high.float()) if clipped else None,
+            clip_region=mean((low | high).float()) if clipped else None,
+            cispo_clip_ratio=mean(((ratio > eps_high) & (adv > 0)).float()) if surrogate == "cispo" else None,
+            vespo_phi_seq_mean=mean(phi, has_tokens), off_policy_masked=mean(dropped, has_tokens),
+            num_tokens=count, num_selected_tokens=selected.sum(), num_sequences=has_tokens.sum())
     return loss, stats

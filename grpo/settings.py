@@ -2,7 +2,8 @@
 
 Names follow TRL's GRPOConfig where the concept is the same (num_generations, epsilon, epsilon_high,
 beta, loss_type, scale_rewards, num_iterations, top_entropy_quantile, mask_truncated_completions,
-importance_sampling_level, delta), so a TRL config translates key for key.
+importance_sampling_level, delta, sapo_temperature_*, vespo_k_*, vespo_lambda_*, off_policy_mask_threshold,
+use_bias_correction_kl), so a TRL config translates key for key.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Literal, Optional
 import rewards
 from grpo.config import above, at_least, invalid, require, within
 from grpo.distributed import env_world_size
+from grpo.loss import CONSTANT_NORMALISER, LEVEL_OF, LOSS_TYPES
 from grpo.models import ModelSettings
 from grpo.optim import OptimSettings
 from grpo.run import RunSettings
@@ -117,8 +119,8 @@ class GRPOSettings(RunSettings, OptimSettings, TaskSettings):
     stop_strings: list[str] = field(default_factory=list)
     """extra strings that end a completion (the task may add its own)"""
     # --- objective
-    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
-    """aggregation: grpo (sequence mean of token means), dapo (batch token mean), dr_grpo, bnpo"""
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo", "luspo", "cispo", "sapo", "vespo"] = "dapo"
+    """surrogate + aggregation (ALGORITHMS.md §2, §2b): clipped grpo, dapo, dr_grpo, bnpo, luspo; cispo sapo vespo"""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """advantage std: per group, over the batch, or none (Dr. GRPO)"""
     adv_eps: float = 1e-4
@@ -126,13 +128,29 @@ class GRPOSettings(RunSettings, OptimSettings, TaskSettings):
     epsilon: float = 0.2
     """ε_low: lower clip of the ratio"""
     epsilon_high: float = 0.28
-    """ε_high: upper clip of the ratio (DAPO clip-higher; 0.2 = symmetric)"""
+    """ε_high: upper clip of the ratio (DAPO clip-higher; 0.2 = symmetric); cispo: the absolute cap ε_max (try 5.0)"""
     delta: Optional[float] = None
     """two-sided clipping: cap the unclipped ratio at δ (None = off)"""
     importance_sampling_level: Literal["token", "sequence"] = "token"
-    """token ratio (GRPO) or sequence ratio (GSPO)"""
+    """token ratio (GRPO) or sequence ratio (GSPO); luspo needs sequence, cispo and vespo token"""
+    sapo_temperature_pos: float = 1.0
+    """sapo: temperature τ of the soft gate σ(τ(ρ − 1))·4/τ for tokens with A > 0"""
+    sapo_temperature_neg: float = 1.05
+    """sapo: temperature τ for tokens with A ≤ 0 (larger than τ_pos: the gate closes faster off-policy)"""
+    vespo_k_pos: float = 2.0
+    """vespo: power k of the weight φ(w) = e^λ·w^k·e^(−λw) for A ≥ 0 (down-weights sequences with w < 1)"""
+    vespo_lambda_pos: float = 3.0
+    """vespo: decay λ of φ for A ≥ 0 (down-weights sequences with w > 1)"""
+    vespo_k_neg: float = 3.0
+    """vespo: power k of φ for A < 0"""
+    vespo_lambda_neg: float = 2.0
+    """vespo: decay λ of φ for A < 0"""
+    off_policy_mask_threshold: Optional[float] = None
+    """DeepSeek-V3.2 mask δ: drop sequences with A < 0 whose mean lp_old − lp_θ exceeds δ (null = off; e.g. 0.5)"""
     beta: float = 0.0
     """k3 KL coefficient β; 0 loads no reference at all"""
+    use_bias_correction_kl: bool = False
+    """weight the per-token KL by ρ (DeepSeek-V3.2; TRL's default is true, ours DeepSeekMath's plain k3)"""
     num_iterations: int = 1
     """μ: optimiser passes per generation batch"""
     mask_truncated_completions: bool = False
@@ -175,13 +193,32 @@ class GRPOSettings(RunSettings, OptimSettings, TaskSettings):
         at_least(self, "epsilon_high", 0)
         require(self, "delta", self.delta is None or self.delta >= 1 + self.epsilon_high,
                 f"must be >= 1 + epsilon_high = {1 + self.epsilon_high:g}, or null = off (grpo.loss [D5])")
+        surrogate = LOSS_TYPES[self.loss_type][0]
+        require(self, "delta", self.delta is None or surrogate == "clipped",
+                f"must be null with loss_type = {self.loss_type}: δ caps the clipped surrogate of grpo, dapo, "
+                "dr_grpo, bnpo and luspo")
+        require(self, "epsilon_high", self.loss_type != "cispo" or self.epsilon_high >= 1,
+                "must be >= 1 with loss_type = cispo, where it is the absolute cap ε_max on the ratio (ScaleRL "
+                "recommends 5.0); a cap below 1 would scale down every on-policy token (grpo.surrogates [D1])")
+        level = LEVEL_OF.get(self.loss_type)
+        require(self, "importance_sampling_level", level in (None, self.importance_sampling_level),
+                f"must be {level} with loss_type = {self.loss_type} (grpo.loss [D12])")
+        above(self, "sapo_temperature_pos", 0)
+        above(self, "sapo_temperature_neg", 0)
+        at_least(self, "vespo_k_pos", 0)
+        at_least(self, "vespo_k_neg", 0)
+        above(self, "vespo_lambda_pos", 0, why="φ must decay for large w")
+        above(self, "vespo_lambda_neg", 0, why="φ must decay for large w")
+        at_least(self, "off_policy_mask_threshold", 0, why="null = off")
         at_least(self, "beta", 0, why="0 = no KL term")
         at_least(self, "num_iterations", 1)
         require(self, "overlong_cache_length", 0 <= self.overlong_cache_length <= self.max_completion_length,
                 f"must be in [0, max_completion_length = {self.max_completion_length}] (0 = off)")
         within(self, "top_entropy_quantile", 0, 1, low_open=True, why="1 = every token")
-        require(self, "token_normalizer", self.loss_type != "dr_grpo" or self.token_normalizer == "all_tokens",
-                "must be all_tokens with loss_type = dr_grpo, whose normaliser is a constant (grpo.loss [D7])")
+        require(self, "token_normalizer",
+                self.loss_type not in CONSTANT_NORMALISER or self.token_normalizer == "all_tokens",
+                f"must be all_tokens with loss_type = {self.loss_type}, whose normaliser counts no tokens "
+                "(grpo.loss [D7])")
         at_least(self, "entropy_coef", 0, why="0 = off")
         at_least(self, "max_resample_rounds", 0)
         # optimisation

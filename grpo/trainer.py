@@ -29,6 +29,9 @@ One *step* is one generation batch: B prompts (split over ranks) × G completion
 [D10] Prompts longer than `max_prompt_length` (default: the model's positions − L) are cut from the left
      when sampled, as TRL does, or their rows are dropped before the first step (`prompt_overflow`);
      counted in `prompts/truncated` (grpo.data.prompts). A 100 KB question no longer reaches the model.
+[D11] The off-policy sequence mask (off_policy_mask_threshold) compares lp_old with lp_θ: we have no
+     separate sampler log-probs in the loss yet (ALGORITHMS.md §5), so at μ = 1, where lp_old = sg[lp_θ],
+     it keeps every sequence; it acts from the second pass on (grpo.surrogates [D4]).
 """
 from __future__ import annotations
 
@@ -235,6 +238,7 @@ class GRPOTrainer:
         slices = [slice(i, min(i + cfg.micro_batch_size, N)) for i in range(0, N, cfg.micro_batch_size)]
         num_sequences = dd.all_reduce_sum(keep.sum().to(self.device).float())  # [D2]
         num_tokens = dd.all_reduce_sum(loss_mask.sum().float())
+        num_with_tokens = dd.all_reduce_sum(loss_mask.any(-1).sum().float())  # weight of per-sequence stats
         model = self.model
         self.model.train()
         old_logp = self._no_grad_pass(model, r, slices)[0] if cfg.num_iterations > 1 else None  # [D1]
@@ -257,7 +261,12 @@ class GRPOTrainer:
                     logp, old_logp[sl] if old_logp is not None else logp.detach(), advantages[sl], loss_mask[sl],
                     loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high, delta=cfg.delta,
                     importance_sampling_level=cfg.importance_sampling_level,
+                    sapo_temperature=(cfg.sapo_temperature_pos, cfg.sapo_temperature_neg),
+                    vespo_k=(cfg.vespo_k_pos, cfg.vespo_k_neg),
+                    vespo_lambda=(cfg.vespo_lambda_pos, cfg.vespo_lambda_neg),
+                    off_policy_mask_threshold=cfg.off_policy_mask_threshold,  # lp_old as lp_s [D11]
                     ref_logp=ref_logp[sl] if ref_logp is not None else None, beta=cfg.beta,
+                    use_bias_correction_kl=cfg.use_bias_correction_kl,
                     entropy=entropy, entropy_coef=cfg.entropy_coef,
                     token_mask=token_mask[sl] if token_mask is not None else None,
                     token_normalizer=cfg.token_normalizer, num_sequences=num_sequences, num_tokens=num_tokens,
@@ -266,10 +275,12 @@ class GRPOTrainer:
                 loss_finite = loss_finite and bool(torch.isfinite(loss.detach()))
                 w = float(st.num_tokens) / max(1.0, float(num_tokens))  # token-weighted stats
                 _accumulate(stats, "loss", float(loss.detach()), 1.0)
-                for name in ("kl", "entropy", "ratio_mean", "clip_low", "clip_high", "clip_region"):
+                w_seq = float(st.num_sequences) / max(1.0, float(num_with_tokens))  # per-sequence stats
+                for name, weight in STAT_WEIGHTS.items():
                     value = getattr(st, name)
                     if value is not None:
-                        _accumulate(stats, name, float(value), w)
+                        _accumulate(stats, METRIC_NAMES.get(name, name), float(value),
+                                    w if weight == "tokens" else w_seq)
             dd.sum_gradients(self.params)
             grad_norm, applied = self.apply_step(loss_finite=not dd.any_rank(not loss_finite))  # [D9]
             _accumulate(stats, "grad_norm", grad_norm, 1.0 / cfg.num_iterations)
@@ -305,6 +316,14 @@ def fit_prompts(cfg, model, tokenizer, task, *, max_new_tokens: int):
     if fit.too_long and dd.rank() == 0:
         print(fit.note(len(task.rows)), file=sys.stderr)
     return limit, dataclasses.replace(task, rows=fit.rows)
+
+
+# PolicyLossStats fields logged, each combined over micro-batches by its tokens or its sequences (grpo.loss [D6])
+STAT_WEIGHTS = {"kl": "tokens", "entropy": "tokens", "ratio_mean": "tokens", "clip_low": "tokens",
+                "clip_high": "tokens", "clip_region": "tokens", "cispo_clip_ratio": "tokens",
+                "vespo_phi_seq_mean": "sequences", "off_policy_masked": "sequences"}
+METRIC_NAMES = {"vespo_phi_seq_mean": "vespo/phi_seq_mean",  # TRL's name
+                "off_policy_masked": "off_policy_masked_frac"}
 
 
 def _accumulate(stats: dict[str, list[float]], name: str, value: float, weight: float) -> None:

@@ -12,7 +12,7 @@ Steps:
     seed, so the same initial adapter) → AdamW at a constant LR → trainer. TRL gets our GRPOSettings key for key
     (GRPOConfig uses the same names), fp32, no gradient checkpointing, per_device_train_batch_size =
     micro_batch_size, gradient_accumulation_steps = N / micro_batch_size (one generation batch per optimiser
-    step, as ours), use_bias_correction_kl off (our k3 KL), and the rows in the order our PromptSampler draws
+    step, as ours), use_bias_correction_kl ours (off by default), and the rows in the order our PromptSampler draws
     them, so step k trains on the same prompts in both (checked per step).
  2. Correctness before timing: the workers report a hash of the initial trainable weights, TRL's prompt token
     ids and EOS ids against ours; the driver stops on any mismatch. The loss itself equals TRL's to 1e-10
@@ -253,7 +253,10 @@ def _trl_worker(s: BenchSettings, emit, commands) -> None:
         temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p or None,
         loss_type=s.loss_type, scale_rewards=s.scale_rewards, epsilon=s.epsilon, epsilon_high=s.epsilon_high,
         delta=s.delta, importance_sampling_level=s.importance_sampling_level, beta=s.beta,
-        use_bias_correction_kl=False, num_iterations=s.num_iterations,
+        use_bias_correction_kl=s.use_bias_correction_kl, off_policy_mask_threshold=s.off_policy_mask_threshold,
+        sapo_temperature_pos=s.sapo_temperature_pos, sapo_temperature_neg=s.sapo_temperature_neg,
+        vespo_k_pos=s.vespo_k_pos, vespo_lambda_pos=s.vespo_lambda_pos, vespo_k_neg=s.vespo_k_neg,
+        vespo_lambda_neg=s.vespo_lambda_neg, num_iterations=s.num_iterations,
         mask_truncated_completions=s.mask_truncated_completions, top_entropy_quantile=s.top_entropy_quantile,
         entropy_coef=s.entropy_coef, reward_weights=s.reward_weights or None,
         learning_rate=s.learning_rate, weight_decay=s.weight_decay, optim="adamw_torch", lr_scheduler_type=sched,

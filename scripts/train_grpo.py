@@ -1,4 +1,4 @@
-"""Train a language model with GRPO (and its DAPO / Dr. GRPO / GSPO variants).
+"""Train a language model with GRPO (and its DAPO / Dr. GRPO / GSPO / LUSPO / CISPO / SAPO / VESPO variants).
 
     python scripts/train_grpo.py                                   # smollm2-135m + LoRA, bundled arithmetic task
     python scripts/train_grpo.py --config configs/gsm8k.json --base-model rl_sft_model
@@ -8,7 +8,7 @@ One step (grpo/trainer.py, ALGORITHMS.md §2–3):
     1. sample    B prompts (split over ranks) × G completions, recording per-token log-probs/entropy
     2. reward    every reward function on every completion; weighted sum (+ soft overlong punishment)
     3. advantage A = (r − mean_group) / (std + ε)  (scale_rewards group / batch / none)
-    4. update    μ passes: micro-batched forward/backward of the clipped surrogate (+ β·KL), one
+    4. update    μ passes: micro-batched forward/backward of the loss_type's surrogate (+ β·KL), one
                  all-reduce of the gradients across ranks, clip, AdamW step, LR schedule
     5. log/save  metrics.jsonl + progress bar; checkpoint every save_steps; reward curve PNG at the end
 
@@ -27,11 +27,15 @@ Metrics (metrics.jsonl, one line per step):
     advantage_mean/std/abs_max         advantage statistics (mean is 0 up to float error per group)
     loss                               the optimised loss (at μ = 1 its value is ~0 while its gradient
                                        is not: watch grad_norm and frac_reward_zero_std instead)
-    kl                                 mean k3 KL to the reference (β > 0 only)
+    kl                                 mean k3 KL to the reference (β > 0 only; ρ·k3 with use_bias_correction_kl)
     entropy                            mean per-token entropy of the current policy during the update
     sampling_entropy                   mean per-token entropy recorded while sampling
     ratio_mean                         mean importance ratio (1 at μ = 1)
     clip_low / clip_high / clip_region fraction of tokens clipped below (A<0) / above (A>0) / either
+                                       (the clipped loss_types: grpo, dapo, dr_grpo, bnpo, luspo)
+    cispo_clip_ratio                   cispo: fraction of tokens whose weight is capped (ρ > ε_max, A > 0)
+    vespo/phi_seq_mean                 vespo: mean sequence weight φ(w) over sequences with a token (1 at μ = 1)
+    off_policy_masked_frac             fraction of those sequences the off-policy mask drops (0 at μ = 1)
     completion_length(_min/_max)       completion tokens up to and including EOS
     truncated_frac                     fraction of completions that hit max_completion_length
     grad_norm                          gradient norm before clipping (mean over the μ passes)

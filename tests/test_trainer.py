@@ -1,5 +1,6 @@
 """The GRPO loop on tiny-llama: learning, split invariance, μ = 1 gradient, metrics, dynamic sampling."""
 import copy
+import json
 
 import pytest
 import torch
@@ -34,19 +35,43 @@ def test_step_logs_every_metric_finite(cache):
     assert m["kl"] >= 0 and 0 <= m["clip_region"] <= 1
 
 
+def test_step_logs_the_metrics_of_cispo_vespo_and_the_off_policy_mask(cache, tmp_path):
+    """cispo_clip_ratio, vespo/phi_seq_mean and off_policy_masked_frac reach metrics.jsonl; at μ = 2 the second
+    pass is off-policy, so the ratios move, and the mask (δ = 0, lp_s = lp_old [trainer D11]) may drop sequences."""
+    from grpo.run import MetricsWriter
+
+    writer = MetricsWriter(tmp_path / "metrics.jsonl")
+    for step, settings in enumerate([dict(loss_type="cispo", epsilon_high=1.0), dict(loss_type="vespo")]):
+        trainer = make_trainer(cache, num_iterations=2, off_policy_mask_threshold=0.0, learning_rate=3e-2, **settings)
+        writer.log(step, trainer.step())
+    writer.close()
+    cispo, vespo = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert 0 <= cispo["cispo_clip_ratio"] <= 1 and "clip_region" not in cispo and "vespo/phi_seq_mean" not in cispo
+    assert 0 < vespo["vespo/phi_seq_mean"] <= 1.3 and "cispo_clip_ratio" not in vespo  # φ ≤ 1.24 at the defaults
+    for m in (cispo, vespo):
+        assert 0 <= m["off_policy_masked_frac"] <= 1 and m["ratio_mean"] != 1 and finite(m["loss"])
+
+
 def _one_update(cache, batch, **overrides):
     trainer = make_trainer(cache, **overrides)
     trainer._update(copy.deepcopy(batch))
     return trainable_state(trainer, grads=True)
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
-def test_update_does_not_depend_on_the_micro_batch_split(cache, loss_type):
+SPLIT_CASES = {  # every loss_type whose normaliser counts the whole batch (bnpo is local by definition)
+    "grpo": {}, "dapo": {}, "dr_grpo": {}, "luspo": dict(importance_sampling_level="sequence"),
+    "cispo": dict(epsilon_high=5.0), "sapo": {}, "vespo": {},
+    "dapo+mask+ratio_kl": dict(loss_type="dapo", beta=0.04, use_bias_correction_kl=True, off_policy_mask_threshold=0.0)}
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES)
+def test_update_does_not_depend_on_the_micro_batch_split(cache, case):
+    settings = {"loss_type": case, **SPLIT_CASES[case]}
     trainer = make_trainer(cache)
     batch, _ = trainer._collect()
     assert batch.advantages.abs().sum() > 0  # the test needs a non-zero gradient
-    whole = _one_update(cache, batch, loss_type=loss_type, micro_batch_size=8)
-    split = _one_update(cache, batch, loss_type=loss_type, micro_batch_size=3)
+    whole = _one_update(cache, batch, micro_batch_size=8, **settings)
+    split = _one_update(cache, batch, micro_batch_size=3, **settings)
     start = trainable_state(make_trainer(cache))
     assert any(not torch.equal(whole[k], start[k]) for k in start)  # the step moved the weights
     assert_same_update(split, whole)

@@ -11,7 +11,9 @@ The deliberate differences (docs/trl_differences.md) are tested as differences, 
 are selected per optimiser step by us and per micro-batch by TRL, and TRL's `torch.quantile` threshold can
 keep one token fewer than our exact ⌈ρ·N⌉.
 Inputs are float64 so the comparison measures the formulas, not rounding (TOL[float64] ≤ the 1e-6 asked).
-Skipped when TRL (the optional `bench` extra) is not installed.
+Every loss_type TRL 1.16 has (grpo, dapo, dr_grpo, bnpo, luspo, cispo, sapo, vespo, ALGORITHMS.md §2b), the
+off-policy sequence mask and the ratio-weighted KL are compared, each with its TRL settings translated to
+ours key for key (`our_options`). Skipped when TRL (the optional `bench` extra) is not installed.
 """
 import math
 
@@ -75,8 +77,9 @@ def make_batch(seed=0):
         adv=torch.randn(N, generator=g, dtype=DTYPE))
 
 
-def trl_losses(trainer, b, *, micro_batches, with_old=True, with_ref=False):
+def trl_losses(trainer, b, *, micro_batches, with_old=True, with_ref=False, with_sampling=False):
     """TRL's loss of each micro-batch, and d(Σ losses)/d(logp, entropy)."""
+    trainer._metrics["train"].clear()
     logp = b["logp"].clone().requires_grad_()
     entropy = b["entropy"].clone().requires_grad_()
     size = N // micro_batches
@@ -93,14 +96,19 @@ def trl_losses(trainer, b, *, micro_batches, with_old=True, with_ref=False):
             inputs["old_per_token_logps"] = b["old"][sl]
         if with_ref:
             inputs["ref_per_token_logps"] = b["ref"][sl]
+        if with_sampling:  # the sampler's log-probs (TRL: vLLM's), read by the off-policy mask
+            inputs["sampling_per_token_logps"] = b["sampling"][sl]
         losses.append(trainer.compute_loss(trainer.model, inputs))
     torch.stack(losses).sum().backward()
     return torch.stack(losses).detach(), logp.grad, entropy.grad
 
 
 def our_losses(b, *, micro_batches, loss_type, level="token", delta=None, with_old=True, beta=0.0,
-               entropy_coef=0.0, token_mask=None):
-    """Our policy_loss on the same micro-batches (the trainer's call, grpo/trainer.py _update)."""
+               entropy_coef=0.0, token_mask=None, eps_high=EPS_HIGH, with_sampling=False, stats=None, **options):
+    """Our policy_loss on the same micro-batches (the trainer's call, grpo/trainer.py _update).
+
+    options: the surrogate settings and the off-policy mask / KL options (`our_options`); `stats`, a list, receives
+    each micro-batch's PolicyLossStats."""
     logp = b["logp"].clone().requires_grad_()
     entropy = b["entropy"].clone().requires_grad_()
     size = N // micro_batches
@@ -108,15 +116,66 @@ def our_losses(b, *, micro_batches, loss_type, level="token", delta=None, with_o
     losses = []
     for start in range(0, N, size):
         sl = slice(start, start + size)
-        loss, _ = policy_loss(
+        loss, st = policy_loss(
             logp[sl], b["old"][sl] if with_old else logp[sl].detach(), b["adv"][sl], b["mask"][sl],
-            loss_type=loss_type, eps_low=EPS_LOW, eps_high=EPS_HIGH, delta=delta, importance_sampling_level=level,
+            loss_type=loss_type, eps_low=EPS_LOW, eps_high=eps_high, delta=delta, importance_sampling_level=level,
             ref_logp=b["ref"][sl] if beta else None, beta=beta, entropy=entropy[sl], entropy_coef=entropy_coef,
             token_mask=None if token_mask is None else token_mask[sl], num_sequences=N,
-            num_tokens=b["mask"].sum(), num_selected_tokens=num_selected, max_completion_length=L)
+            num_tokens=b["mask"].sum(), num_selected_tokens=num_selected, max_completion_length=L,
+            sampling_logp=b["sampling"][sl] if with_sampling else None, **options)
         losses.append(loss)
+        if stats is not None:
+            stats.append(st)
     torch.stack(losses).sum().backward()
     return torch.stack(losses).detach(), logp.grad, entropy.grad
+
+
+# Every TRL 1.16 loss_type with the levels both accept [loss D12], and TRL settings that make each one's own
+# parameters matter: CISPO's cap ε_max = 1.5 is hit, SAPO's and VESPO's constants are not the defaults (and
+# exact in float32, see test_trl_rounds_sapo_temperatures_to_float32).
+CLIPPED = ["grpo", "dapo", "dr_grpo", "bnpo"]
+CASES = [(lt, lvl) for lt in CLIPPED for lvl in ("token", "sequence")] + [
+    ("luspo", "sequence"), ("cispo", "token"), ("sapo", "token"), ("sapo", "sequence"), ("vespo", "token")]
+SURROGATE_SETTINGS = {
+    "cispo": dict(epsilon_high=1.5),
+    "sapo": dict(sapo_temperature_pos=0.75, sapo_temperature_neg=1.25),
+    # a small k_pos lets VESPO's lower clip of log w show in φ (at k = 2, φ ≈ e^−37 there either way)
+    "vespo": dict(vespo_k_pos=0.5, vespo_lambda_pos=2.5, vespo_k_neg=2.5, vespo_lambda_neg=1.5)}
+
+
+def trl_settings(loss_type, level, **extra):
+    """The GRPOConfig keys of one case."""
+    return dict(loss_type=loss_type, importance_sampling_level=level,
+                **SURROGATE_SETTINGS.get(loss_type, dict(epsilon_high=EPS_HIGH)), **extra)
+
+
+def our_options(config):
+    """TRL's GRPOConfig keys → our policy_loss keywords (grpo/settings.py keeps TRL's names and defaults)."""
+    get = config.get
+    return dict(loss_type=config["loss_type"], level=get("importance_sampling_level", "token"),
+                eps_high=get("epsilon_high", EPS_LOW), delta=get("delta"),  # TRL: epsilon_high None = epsilon
+                sapo_temperature=(get("sapo_temperature_pos", 1.0), get("sapo_temperature_neg", 1.05)),
+                vespo_k=(get("vespo_k_pos", 2.0), get("vespo_k_neg", 3.0)),
+                vespo_lambda=(get("vespo_lambda_pos", 3.0), get("vespo_lambda_neg", 2.0)),
+                off_policy_mask_threshold=get("off_policy_mask_threshold"),
+                use_bias_correction_kl=get("use_bias_correction_kl", True), beta=get("beta", 0.0),
+                entropy_coef=get("entropy_coef", 0.0))
+
+
+def far_batch(seed):
+    """Ratios far from 1: token log-ratios N(0, 1.5²), and three rows (A > 0) that reach TRL's VESPO clips:
+    row 0 at +30 nats per token (Σ clipped to 20), row 3 at −30 (Σ clipped to log 1e-8), row 6 with one token at
+    +30 and the rest at −4 (its token clipped to 20, so Σ = 0). A > 0 keeps the clipped losses finite-sized."""
+    b = make_batch(seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    b["old"] = b["logp"] + torch.randn(N, T, generator=g, dtype=DTYPE) * 1.5
+    b["old"][0] = b["logp"][0] - 30.0  # ρ = e^30 on every token of the full row
+    b["old"][3] = b["logp"][3] + 30.0  # ρ = e^−30
+    b["old"][6] = b["logp"][6] + 4.0
+    b["old"][6, 0] = b["logp"][6, 0] - 30.0
+    b["adv"][[0, 3, 6]] = b["adv"][[0, 3, 6]].abs()
+    assert (b["adv"] < 0).any()
+    return b
 
 
 def assert_same(ours, theirs):
@@ -128,23 +187,39 @@ def assert_same(ours, theirs):
         torch.testing.assert_close(a, b_, **TOL[DTYPE], msg=lambda m: f"{what}: {m}")
 
 
-LOSS_TYPES = ["grpo", "dapo", "dr_grpo", "bnpo"]
-
-
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("loss_type,level", CASES)
 def test_loss_and_gradient_equal_trl_with_kl_and_clip_higher_over_two_micro_batches(make_trl, loss_type, level):
     b = make_batch()
-    trainer = make_trl(2, loss_type=loss_type, importance_sampling_level=level, epsilon_high=EPS_HIGH, beta=BETA,
-                       use_bias_correction_kl=False)  # TRL 1.16 defaults to True: see the test below
-    theirs = trl_losses(trainer, b, micro_batches=2, with_ref=True)
-    ours = our_losses(b, micro_batches=2, loss_type=loss_type, level=level, beta=BETA)
+    config = trl_settings(loss_type, level, beta=BETA, use_bias_correction_kl=False)  # TRL's default: below
+    theirs = trl_losses(make_trl(2, **config), b, micro_batches=2, with_ref=True)
+    ours = our_losses(b, micro_batches=2, **our_options(config))
     assert_same(ours, theirs)
     assert theirs[1].abs().sum() > 0
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("loss_type,level", CASES)
+def test_loss_and_gradient_equal_trl_with_ratios_far_from_one(make_trl, loss_type, level):
+    """Token log-ratios N(0, 1.5²) and rows at ±30 nats: CISPO's cap, SAPO's saturated gate, VESPO's clips."""
+    b = far_batch(seed=6)
+    config = trl_settings(loss_type, level)
+    stats = []
+    theirs = trl_losses(make_trl(2, **config), b, micro_batches=2)
+    ours = our_losses(b, micro_batches=2, stats=stats, **our_options(config))
+    assert_same(ours, theirs)
+    assert all(x is None or torch.isfinite(x).all() for x in ours)
+    metrics = make_trl(2, **config)._metrics["train"]  # TRL's logged stats of the two micro-batches
+    if loss_type == "cispo":  # the same token mean per micro-batch
+        torch.testing.assert_close(torch.tensor([float(st.cispo_clip_ratio) for st in stats], dtype=DTYPE),
+                                   torch.tensor(metrics["cispo_clip_ratio"], dtype=DTYPE), **TOL[DTYPE])
+        assert 0 < sum(metrics["cispo_clip_ratio"])  # the cap is hit
+    if loss_type == "vespo":  # TRL's mean also counts a row without tokens, whose φ is 1; ours skips it
+        for st, trl_mean, rows in zip(stats, metrics["vespo/phi_seq_mean"], (b["mask"][:4], b["mask"][4:])):
+            empty = int((~rows.any(-1)).sum())
+            torch.testing.assert_close(float(st.vespo_phi_seq_mean) * int(st.num_sequences) + empty,
+                                       trl_mean * rows.shape[0], **TOL[DTYPE])
+
+
+@pytest.mark.parametrize("loss_type,level", [c for c in CASES if c[0] in CLIPPED + ["luspo"]])
 def test_loss_and_gradient_equal_trl_with_two_sided_clipping(make_trl, loss_type, level):
     b = make_batch(seed=1)
     b["old"] = b["logp"] - 1.0 * (b["adv"][:, None] < 0)  # ρ = e ≈ 2.72 > δ wherever A < 0: δ is active
@@ -153,28 +228,71 @@ def test_loss_and_gradient_equal_trl_with_two_sided_clipping(make_trl, loss_type
                 trl_losses(trainer, b, micro_batches=2))
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_loss_and_gradient_equal_trl_on_policy_without_old_logprobs(make_trl, loss_type):
+@pytest.mark.parametrize("loss_type,level", CASES)
+def test_loss_and_gradient_equal_trl_on_policy_without_old_logprobs(make_trl, loss_type, level):
     """μ = 1: TRL uses logp.detach() as old log-probs (ρ ≡ 1), as our trainer does [trainer D1]."""
     b = make_batch(seed=2)
-    trainer = make_trl(2, loss_type=loss_type)
-    assert_same(our_losses(b, micro_batches=2, loss_type=loss_type, with_old=False),
-                trl_losses(trainer, b, micro_batches=2, with_old=False))
+    config = trl_settings(loss_type, level)
+    assert_same(our_losses(b, micro_batches=2, with_old=False, **our_options(config)),
+                trl_losses(make_trl(2, **config), b, micro_batches=2, with_old=False))
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("loss_type,level", CASES)
 def test_loss_and_gradient_equal_trl_with_forking_tokens_kl_and_entropy_bonus_in_one_micro_batch(make_trl,
-                                                                                                  loss_type):
+                                                                                                  loss_type, level):
     """top_entropy_quantile ρ = 0.2 on 31 tokens: TRL keeps 1 + ⌊ρ·30⌋ = 7, we keep ⌈ρ·31⌉ = 7: the same set."""
     b = make_batch(seed=3)
     rho = 0.2
-    trainer = make_trl(1, loss_type=loss_type, epsilon_high=EPS_HIGH, beta=BETA, top_entropy_quantile=rho,
-                       entropy_coef=0.01, use_bias_correction_kl=False)
+    config = trl_settings(loss_type, level, beta=BETA, entropy_coef=0.01, use_bias_correction_kl=False)
+    trainer = make_trl(1, top_entropy_quantile=rho, **config)
     token_mask = top_k_entropy_mask(b["entropy"], b["mask"], rho=rho)
-    ours = our_losses(b, micro_batches=1, loss_type=loss_type, beta=BETA, entropy_coef=0.01, token_mask=token_mask)
+    ours = our_losses(b, micro_batches=1, token_mask=token_mask, **our_options(config))
     theirs = trl_losses(trainer, b, micro_batches=1, with_ref=True)
     assert_same(ours, theirs)
     assert int(token_mask.sum()) == math.ceil(rho * int(b["mask"].sum())) == 7
+
+
+@pytest.mark.parametrize("loss_type,level", CASES)
+@pytest.mark.parametrize("sampler", ["old_logprobs", "sampling_logprobs"])
+def test_loss_and_gradient_equal_trl_with_the_off_policy_mask(make_trl, loss_type, level, sampler):
+    """DeepSeek-V3.2's mask, δ = 0.05: some A < 0 sequences dropped, some kept; lp_s = lp_old, or the sampler's."""
+    b = make_batch(seed=7)
+    g = torch.Generator().manual_seed(8)
+    b["sampling"] = b["old"] + torch.randn(N, T, generator=g, dtype=DTYPE) * 0.3
+    b["sampling"][2, 0] = float("nan")  # a token the sampler could not score: it adds 0 to the mean
+    with_sampling = sampler == "sampling_logprobs"
+    config = trl_settings(loss_type, level, off_policy_mask_threshold=0.05)
+    stats = []
+    ours = our_losses(b, micro_batches=2, with_sampling=with_sampling, stats=stats, **our_options(config))
+    assert_same(ours, trl_losses(make_trl(2, **config), b, micro_batches=2, with_sampling=with_sampling))
+    lp_s = b["sampling"].nan_to_num() if with_sampling else b["old"]
+    drift = (torch.where(b["mask"], lp_s - b["logp"], 0.0).sum(1) / b["mask"].sum(1).clamp(min=1))  # (N,)
+    dropped = (b["adv"] < 0) & (drift > 0.05)
+    assert dropped.any() and ((b["adv"] < 0) & ~dropped & b["mask"].any(1)).any()  # the mask is exercised
+    got = sum(float(st.off_policy_masked) * int(st.num_sequences) for st in stats)
+    assert math.isclose(got, int(dropped.sum()), abs_tol=1e-6)  # the masked-sequence fraction, counted in fp32
+
+
+@pytest.mark.parametrize("loss_type,level", CASES)
+def test_loss_and_gradient_equal_trl_with_the_ratio_weighted_kl(make_trl, loss_type, level):
+    """use_bias_correction_kl=True (TRL's default, ours off [loss D13]) with ρ ≠ 1, β = 0.04."""
+    b = make_batch(seed=9)
+    config = trl_settings(loss_type, level, beta=BETA, use_bias_correction_kl=True)
+    assert_same(our_losses(b, micro_batches=2, **our_options(config)),
+                trl_losses(make_trl(2, **config), b, micro_batches=2, with_ref=True))
+
+
+def test_trl_rounds_sapo_temperatures_to_float32(make_trl):
+    """Documented difference: TRL builds τ with torch.where of two Python floats, so float32: its default τ_neg = 1.05
+    is 1.0499999523 there. Ours keeps the advantages' dtype [surrogates D2]; with τ_neg rounded to float32 first
+    the two agree to 1e-10, with 1.05 they differ by ~1e-8."""
+    b = make_batch(seed=10)
+    trainer = make_trl(2, loss_type="sapo")  # τ = (1.0, 1.05), TRL's defaults
+    theirs = trl_losses(trainer, b, micro_batches=2)
+    tau_neg_fp32 = float(torch.tensor(1.05, dtype=torch.float32))
+    assert_same(our_losses(b, micro_batches=2, loss_type="sapo", sapo_temperature=(1.0, tau_neg_fp32)), theirs)
+    exact = our_losses(b, micro_batches=2, loss_type="sapo", sapo_temperature=(1.0, 1.05))
+    assert 0 < (exact[1] - theirs[1]).abs().max() < 1e-7
 
 
 def test_trl_default_kl_is_weighted_by_the_ratio_so_its_gradient_differs_even_on_policy(make_trl):
