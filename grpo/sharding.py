@@ -31,6 +31,9 @@ What the trainer sees is the same either way (STYLE.md, "Engines and plumbing"):
      `check_replicas` skips sharded parameters): each rank holds a different piece.
 [S5] The mesh is built on the parameters' device type ("cpu" with gloo; the default would be the
      accelerator).
+[S7] Saving: gathering a sharded state dict is collective, so `save_pretrained` on rank 0 alone would
+     hang; every rank gathers (`full_state_dict`, `full_optimizer_state`), rank 0 writes the ordinary
+     HF/PEFT folder from it. Resume: every rank reads the files and keeps its shard (`load_full_state`).
 [S6] QLoRA (bitsandbytes 4-bit) under FSDP2 is fragile upstream (the packed 4-bit weights and their
      quantisation state are not plain tensors to shard): refused when the settings are checked.
 """
@@ -150,11 +153,41 @@ def sampling_context(model: nn.Module):
                 unit.set_reshard_after_forward(True, recurse=False)
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's whole state dict on the CPU, on every rank (collective under fsdp2: call it on every
-    rank, then let rank 0 write). Unsharded, the model's own state dict."""
-    if not is_sharded(model):
-        return model.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def _full_options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The model's whole state dict on the CPU of rank 0 ({} on the other ranks) [S7]; None unsharded
+    (the model saves its own). Collective under fsdp2: every rank calls it, then rank 0 writes."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(model, options=_full_options(cpu_offload=True))
+    tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    return {k: v for k, v in state.items() if k not in tied}  # a tied LM head is saved once, as save_pretrained does
+
+
+def full_optimizer_state(model: nn.Module, optimizer) -> dict[str, Any] | None:
+    """The optimiser's whole state, keyed by parameter name, on the CPU of rank 0 [S7]; None unsharded.
+    Collective under fsdp2."""
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+
+
+def load_full_state(model: nn.Module, weights: dict[str, torch.Tensor], optimizer=None,
+                    optimizer_state: dict[str, Any] | None = None) -> None:
+    """Load whole (unsharded) weights — names as in `model.state_dict()`, a subset allowed — and optionally a
+    `full_optimizer_state` into the sharded model: each rank keeps its shard [S7]. Collective; every rank
+    passes the same dicts (each reads the checkpoint files itself)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    set_model_state_dict(model, weights, options=_full_options(strict=False))
+    if optimizer is not None and optimizer_state is not None:
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=_full_options())

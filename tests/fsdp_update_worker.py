@@ -17,6 +17,9 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from grpo import distributed as dd  # noqa: E402
 from grpo import sharding as sh  # noqa: E402
+from grpo.checkpoint import save_model  # noqa: E402
+from grpo.models import load_model  # noqa: E402
+from grpo.policy import completion_logprobs  # noqa: E402
 from grpo_helpers import make_trainer  # noqa: E402
 from ddp_update_worker import shard  # noqa: E402
 
@@ -77,8 +80,23 @@ def main() -> None:
     trainer.rank, trainer.world = rank, world
     trainer._update(shard(batch, rank, world, trainer.cfg.num_generations))
     state = gathered_state(trainer.model)
+    final = Path(out).with_suffix(".final")  # final/ as the scripts write it: gathered, rank 0 saves
+    weights = sh.full_state_dict(trainer.model)
     if rank == 0:
-        torch.save({"state": state, "completion_ids": batch.rollout.completion_ids, "logp": batch.rollout.logp,
+        save_model(trainer.model, trainer.tok, final, state_dict=weights)
+    dd.barrier()
+    r, live = batch.rollout, {}
+    with torch.no_grad():  # the live (sharded) model's log-probs, every rank
+        live = trainer._logprobs(trainer.model, r, slice(0, r.completion_ids.shape[0]))[0]
+    if rank == 0:
+        reloaded, _ = load_model(str(final), cache_dir=cache, dtype="float64", device="cpu")
+        with torch.no_grad():
+            again = completion_logprobs(reloaded, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                        temperature=trainer.cfg.temperature)[0]
+        state["final_logp_max_diff"] = float((again - live).abs().max())
+    if rank == 0:
+        diff = state.pop("final_logp_max_diff")
+        torch.save({"state": state, "final_logp_max_diff": diff, "completion_ids": batch.rollout.completion_ids, "logp": batch.rollout.logp,
                     "sampling_gathers": sampling_gathers, "units": len(sh.decoder_layers(trainer.model)) + 1}, out)
     if world > 1:
         torch.distributed.destroy_process_group()
