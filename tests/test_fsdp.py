@@ -102,3 +102,13 @@ def test_train_sft_fsdp2_equals_one_process_in_float64(tmp_path):
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-10, atol=1e-10, msg=k)
+
+
+def test_train_sega_runs_under_fsdp2(tmp_path):
+    """SEGA's sampling, entropy scoring and update go through grpo.sharding too (LoRA, 2 ranks)."""
+    env = _env(tmp_path)
+    args = ["--model", "tiny-llama", "--k", "2", "--batch-size", "2", "--gen-max-new-tokens", "6", "--lora-dropout",
+            "0", "--learning-rate", "1e-2", "--eval-dataset", "", "--dataset-limit", "4", "--save-steps", "1",
+            "--max-steps", "2", "--run-name", "s", "--sharding", "fsdp2"]
+    _torchrun("train_sega.py", args, env)
+    assert (tmp_path / "outputs" / "s" / "final" / "adapter_model.safetensors").is_file()
