@@ -47,21 +47,26 @@ def _unwrap(model):
     return getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
 
 
-def save_model(model, tokenizer, path: str | Path, *, base_name: str | None = None) -> Path:
+def save_model(model, tokenizer, path: str | Path, *, base_name: str | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Save an adapter (PEFT format) or full weights (safetensors) plus tokenizer, atomically [D1].
 
-    Refuses (ValueError, nothing written) when a trainable weight holds NaN or ±inf [D5].
+    `state_dict`: the model's whole weights gathered from its shards (grpo.sharding.full_state_dict [S7]);
+    None: the model's own. Refuses (ValueError, nothing written) when a trainable weight holds NaN or ±inf [D5].
     """
     path = Path(path)
     model = _unwrap(model)
-    bad = [n for n, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+    trainable = [(n, p if state_dict is None else state_dict[n])
+                 for n, p in model.named_parameters() if p.requires_grad]
+    bad = [n for n, p in trainable if not bool(torch.isfinite(p).all())]
     if bad:  # [D5]
         raise ValueError(f"not saving {path}: {len(bad)} trainable weight(s) hold NaN or inf (first: {bad[0]})")
+    given = {} if state_dict is None else {"state_dict": state_dict}
     with atomic_dir(path) as tmp:
         if hasattr(model, "peft_config"):  # the trained adapter only, not a frozen KL reference copy
-            model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[model.active_adapter])
+            model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[model.active_adapter], **given)
         else:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, **given)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         adapter_cfg = tmp / "adapter_config.json"
@@ -74,13 +79,16 @@ def save_model(model, tokenizer, path: str | Path, *, base_name: str | None = No
 
 def save_checkpoint(path: str | Path, *, model, tokenizer, optimizer, scheduler=None, step: int,
                     data_state: dict[str, Any] | None = None, info: dict[str, Any] | None = None,
-                    base_name: str | None = None, rng_states: list[dict[str, Any]] | None = None) -> Path:
+                    base_name: str | None = None, rng_states: list[dict[str, Any]] | None = None,
+                    state_dict: dict[str, torch.Tensor] | None = None,
+                    optimizer_state: dict[str, Any] | None = None) -> Path:
     """Write a complete resumable checkpoint folder [D1]; `rng_states` holds every rank's RNG states in
-    rank order [D4] (default: this process's alone)."""
+    rank order [D4] (default: this process's alone). `state_dict`, `optimizer_state`: gathered from shards
+    (grpo.sharding [S7]); None: the model's and optimiser's own."""
     path = Path(path)
     with atomic_dir(path) as tmp:
-        save_model(model, tokenizer, tmp / "model", base_name=base_name)
-        _torch_save({"step": step, "optimizer": optimizer.state_dict(),
+        save_model(model, tokenizer, tmp / "model", base_name=base_name, state_dict=state_dict)
+        _torch_save({"step": step, "optimizer": optimizer_state or optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
                      "rng_per_rank": rng_states or [rng_state()], "data": data_state or {}},
                     tmp / "trainer_state.pt")
@@ -134,10 +142,14 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
     """
     from safetensors.torch import load_file
 
+    from grpo import sharding
+
     path = Path(path)
     model = _unwrap(model)
     weights_dir = path / "model"
     adapter = weights_dir / "adapter_model.safetensors"
+    if sharding.is_sharded(model):  # every rank reads the files and keeps its shard (grpo.sharding [S7])
+        return _load_sharded(path, model=model, optimizer=optimizer, scheduler=scheduler, rank=rank)
     if adapter.is_file():
         from peft import set_peft_model_state_dict
 
@@ -151,6 +163,41 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
             raise RuntimeError(f"{weights_dir}: weights do not match the model "
                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    return _restore_trainer_state(state, optimizer=optimizer, scheduler=scheduler, rank=rank)
+
+
+def _load_sharded(path: Path, *, model, optimizer, scheduler, rank: int) -> dict[str, Any]:
+    """load_checkpoint for a model sharded by grpo.sharding (collective): the saved files hold whole
+    tensors under the names of an ordinary save; the adapter's names gain the adapter's name back, as
+    peft.set_peft_model_state_dict does."""
+    import re
+
+    from safetensors.torch import load_file
+
+    from grpo import sharding
+
+    weights: dict[str, torch.Tensor] = {}
+    for f in sorted((path / "model").glob("*.safetensors")):
+        weights.update(load_file(f))
+    if (path / "model" / "adapter_model.safetensors").is_file():
+        name = model.active_adapter
+        weights = {re.sub(r"\.(lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector)\.", rf".\1.{name}.", k): v
+                   for k, v in weights.items()}
+    own = set(model.state_dict())
+    unknown = [k for k in weights if k not in own]
+    if unknown:
+        raise RuntimeError(f"{path / 'model'}: weights do not match the model (unexpected {unknown[:3]})")
+    state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups] if optimizer else []
+    sharding.load_full_state(model, weights, optimizer, state["optimizer"] if optimizer is not None else None)
+    for group, mine in zip(optimizer.param_groups if optimizer else [], settings):
+        group.update(mine)  # [D7]
+    return _restore_trainer_state(state, optimizer=None, scheduler=scheduler, rank=rank, optimizer_for_lr=optimizer)
+
+
+def _restore_trainer_state(state: dict[str, Any], *, optimizer, scheduler, rank: int,
+                           optimizer_for_lr=None) -> dict[str, Any]:
+    """The optimiser (unless already loaded), schedule [D7] and RNG [D4] parts of load_checkpoint."""
     if optimizer is not None:
         settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]  # this leg's
         optimizer.load_state_dict(state["optimizer"])
@@ -161,6 +208,7 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
         scheduler.load_state_dict(state["scheduler"])
         scheduler.base_lrs = peaks  # [D7]
         factors = getattr(scheduler, "lr_lambdas", None)  # LambdaLR (grpo.optim): lr = peak · f(position)
+        optimizer = optimizer or optimizer_for_lr
         if optimizer is not None and factors is not None:
             for group, peak, f in zip(optimizer.param_groups, peaks, factors):
                 group["lr"] = peak * f(scheduler.last_epoch)

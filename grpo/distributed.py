@@ -120,8 +120,9 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 
 def sum_gradients(params: list[torch.Tensor]) -> None:
-    """Replace each gradient by its sum over ranks, in one flat all-reduce [D1] (collective)."""
-    if world_size() == 1:
+    """Replace each gradient by its sum over ranks, in one flat all-reduce [D1] (collective). A no-op for
+    sharded parameters: FSDP2 has already reduce-scattered (summed) them (grpo.sharding [S2])."""
+    if world_size() == 1 or _sharded(params):
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
@@ -131,6 +132,13 @@ def sum_gradients(params: list[torch.Tensor]) -> None:
         n = g.numel()
         p.grad = flat[offset:offset + n].view_as(p).clone()
         offset += n
+
+
+def _sharded(params: list[torch.Tensor]) -> bool:
+    """True when `params` are FSDP2 shards (DTensors), grpo.sharding."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in params)
 
 
 def broadcast_trainable(model) -> int:
@@ -156,8 +164,11 @@ def fingerprint(params: list[torch.Tensor]) -> str:
 def check_replicas(params: list[torch.Tensor], *, what: str) -> list[str]:
     """Every rank's `fingerprint(params)` (collective) [D4]; raises on every rank if any differs.
 
-    Returns the fingerprints in rank order (recorded in checkpoints as proof of identical replicas).
+    Returns the fingerprints in rank order (recorded in checkpoints as proof of identical replicas); [] for
+    sharded parameters, which are no replicas: each rank holds a different piece (grpo.sharding [S4]).
     """
+    if _sharded(params):
+        return []
     prints = all_gather_objects(fingerprint(params))
     differ = [r for r, fp in enumerate(prints) if fp != prints[0]]
     if differ:

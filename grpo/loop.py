@@ -38,6 +38,7 @@ from grpo import manifest
 from grpo.checkpoint import (load_checkpoint, newest_intact, prune_checkpoints, save_checkpoint, save_model,
                              set_aside)
 from grpo.config import UserError
+from grpo.sharding import full_optimizer_state, full_state_dict
 from grpo.run import MetricsWriter, RunDir, RunSettings, list_checkpoints, progress, rng_state
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # [L3]
@@ -84,8 +85,10 @@ def train_steps(trainer, *, s: RunSettings, run: RunDir, model, tokenizer, optim
     def checkpoint(step: int) -> None:  # collective [L2]
         rng_states = dd.all_gather_objects(rng_state())
         replicas = dd.check_replicas(params, what=f"checkpoint of step {step}")
+        weights, optimizer_state = full_state_dict(model), full_optimizer_state(model, optimizer)  # [S7]
         if rank == 0:
             save_checkpoint(run.checkpoint(step), model=model, tokenizer=tokenizer, optimizer=optimizer,
+                            state_dict=weights, optimizer_state=optimizer_state,
                             scheduler=scheduler, step=step, data_state={"sampler": trainer.sampler.state()},
                             base_name=base_name, rng_states=rng_states,
                             info={"world_size": len(replicas), "trainable_sha256": replicas})
@@ -116,8 +119,9 @@ def train_steps(trainer, *, s: RunSettings, run: RunDir, model, tokenizer, optim
             if s.save_steps and step % s.save_steps == 0 and step < max_steps:
                 checkpoint(step)
         checkpoint(step)
+        weights = full_state_dict(model)  # collective under fsdp2 (grpo.sharding [S7])
         if rank == 0:
-            save_model(model, tokenizer, run.final, base_name=base_name)
+            save_model(model, tokenizer, run.final, base_name=base_name, state_dict=weights)
         return LoopResult(step, time.perf_counter() - t_start)
     finally:
         bar.close()

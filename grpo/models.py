@@ -111,6 +111,9 @@ class ModelSettings:
     """dropout on the LoRA input (0, PEFT's default: in RL the policy trained is then the one that sampled)"""
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """module names to adapt (e.g. q_proj,v_proj), or all-linear"""
+    sharding: str = "none"
+    """none: every rank holds the whole model, gradients summed (grpo.distributed); fsdp2: parameters, gradients
+    and optimiser state split over the ranks with PyTorch FSDP2 (grpo.sharding; launch with torchrun)"""
     gradient_checkpointing: bool = False
     """recompute activations in the backward pass (less memory, ~30% more compute)"""
     trust_remote_code: bool = False
@@ -130,6 +133,10 @@ class ModelSettings:
         within(self, "lora_dropout", 0, 1, high_open=True)
         require(self, "lora_target_modules", bool(self.lora_target_modules) or not self.use_lora,
                 "must name at least one module (or all-linear) when use_lora = true")
+        from grpo.sharding import check_sharding
+
+        problem = check_sharding(self.sharding, load_in_4bit=self.load_in_4bit)
+        require(self, "sharding", problem is None, problem or "")
 
 
 def cache_root(override: str | os.PathLike | None = None) -> Path:

@@ -55,6 +55,7 @@ from grpo.config import SEED_RANGE, at_least, within
 from grpo.models import autocast
 from grpo.optim import GuardedStep, OptimSettings
 from grpo.run import MetricsWriter, RunDir, progress
+from grpo.sharding import full_state_dict, policy_module
 
 IGNORE = -100  # label of positions that never contribute (prompt, padding)
 
@@ -198,6 +199,10 @@ def step_batches(n: int, *, per_step: int, seed: int) -> Iterator[tuple[int, lis
         epoch += 1
 
 
+def _logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # [b, L, V]
+
+
 def train_sft(model, tokenizer, examples: list[SFTExample], *, s: SFTLoopSettings, run: RunDir,
               base_name: str | None = None, bf16: bool | None = None) -> dict[str, Any]:
     """Fine-tune `model` on `examples`, log one metrics line per optimiser step, save `run.final`.
@@ -217,6 +222,7 @@ def train_sft(model, tokenizer, examples: list[SFTExample], *, s: SFTLoopSetting
     pad_id = tokenizer.pad_token_id
     batches = step_batches(len(examples), per_step=per_step, seed=s.seed)
     model.train()
+    policy = policy_module(model)  # the FSDP root under sharding = fsdp2 (grpo.sharding [S1])
     losses: list[float] = []
     t_start = time.perf_counter()
     writer = MetricsWriter(run.metrics_file, truncate_after_step=0) if rank == 0 else contextlib.nullcontext()
@@ -233,8 +239,7 @@ def train_sft(model, tokenizer, examples: list[SFTExample], *, s: SFTLoopSetting
             for mb in micro:
                 batch = {k: v.to(device) for k, v in collate(mb, pad_id=pad_id).items()}
                 with autocast(device, bf16):
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"].long(),
-                                   use_cache=False).logits  # [b, L, V]
+                    logits = policy(_logits, batch["input_ids"], batch["attention_mask"].long())  # [b, L, V]
                 loss, st = sft_loss(logits, batch["labels"], num_tokens=num_tokens)
                 loss.backward()
                 nll_sum, n_correct, n_seen = nll_sum + st.nll_sum, n_correct + st.num_correct, \
@@ -258,6 +263,8 @@ def train_sft(model, tokenizer, examples: list[SFTExample], *, s: SFTLoopSetting
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
     # 5. save the final model (adapter or full weights) + tokenizer; the replicas are checked first
     dd.check_replicas(params, what="end of SFT")
-    final = save_model(model, tokenizer, run.final, base_name=base_name) if rank == 0 else run.final
+    weights = full_state_dict(model)  # collective under fsdp2 (grpo.sharding [S7])
+    final = save_model(model, tokenizer, run.final, base_name=base_name, state_dict=weights) if rank == 0 \
+        else run.final
     return {"steps": total, "first_loss": losses[0], "last_loss": losses[-1],
             "seconds": time.perf_counter() - t_start, "final": str(final)}

@@ -52,6 +52,7 @@ from grpo.models import autocast
 from grpo.optim import GuardedStep
 from grpo.policy import completion_logprobs, reference_policy
 from grpo.rollout import Rollout, Sampling, encode_prompts, sample_group
+from grpo.sharding import policy_module, sampling_context
 from grpo.tasks import task_rewards
 from kernels import top_k_entropy_mask
 
@@ -153,7 +154,7 @@ class GRPOTrainer:
         prompt_ids, prompt_mask, cut = truncate_prompts_left(prompt_ids, prompt_mask,
                                                              max_prompt_length=self.max_prompt_length)  # [D10]
         self.truncated_prompts += int(cut.sum())
-        with autocast(self.device, self.cfg.bf16):
+        with autocast(self.device, self.cfg.bf16), sampling_context(self.model):  # (grpo.sharding [S3])
             return rows, sample_group(self.model, self.tok, prompt_ids, prompt_mask, G=self.cfg.num_generations,
                                       sampling=self.sampling)
 
@@ -216,8 +217,8 @@ class GRPOTrainer:
     # 4. update ------------------------------------------------------------------------------------
     def _logprobs(self, model, r: Rollout, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.cfg.bf16):  # the decoder in bf16; LM head and loss fp32 (models [D8])
-            return completion_logprobs(model, r.prompt_ids[sl], r.prompt_mask[sl], r.completion_ids[sl],
-                                       r.completion_mask[sl], temperature=self.cfg.temperature)
+            return policy_module(model)(completion_logprobs, r.prompt_ids[sl], r.prompt_mask[sl],  # [S1]
+                                        r.completion_ids[sl], r.completion_mask[sl], temperature=self.cfg.temperature)
 
     def _no_grad_pass(self, model, r: Rollout, slices) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():

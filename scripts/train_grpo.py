@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from grpo.sharding import prepare_model  # noqa: E402
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -99,6 +100,9 @@ def main() -> None:
         ref_model, _ = load_model_from_settings(s, model=model_name, trainable=False)
     elif s.beta > 0 and is_adapter(model_name, cache_dir=s.model_cache_dir or None):
         add_reference_adapter(model)  # the KL anchors to the adapter as loaded, not the bare base
+    for m in (model, ref_model):  # sharding = fsdp2: split over the ranks, before the optimiser sees them
+        if m is not None:
+            prepare_model(m, s.sharding)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = s.make_optimizer(params, total_steps=s.max_steps * s.num_iterations)
     trainer = GRPOTrainer(s, model, tok, task, optimizer, scheduler, ref_model=ref_model)

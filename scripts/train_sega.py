@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import math
 import sys
+from grpo.sharding import prepare_model  # noqa: E402
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -116,6 +117,9 @@ def main() -> None:
     ref_model = load_model_from_settings(s, trainable=False)[0] if s.kl_coef > 0 and not s.use_lora else None
     if s.kl_coef > 0 and ref_model is None and is_adapter(s.model, cache_dir=s.model_cache_dir or None):
         add_reference_adapter(model)  # the KL anchors to the SFT adapter as loaded, not the bare base
+    for m in (model, ref_model):  # sharding = fsdp2: split over the ranks, before the optimiser sees them
+        if m is not None:
+            prepare_model(m, s.sharding)
 
     max_steps = s.max_steps or math.ceil(s.epochs * len(rows) / s.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]

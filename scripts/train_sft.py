@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from grpo.sharding import prepare_model  # noqa: E402
 from pathlib import Path
 from typing import Literal
 
@@ -125,6 +126,7 @@ def main() -> None:
     run = claim_run_folder(folder, s, rank=rank)
     model, tok = load_model_from_settings(s, trainable=True)
     dd.broadcast_trainable(model)  # rank 0's initial adapter on every rank (grpo.distributed [D3])
+    prepare_model(model, s.sharding)  # sharding = fsdp2: split over the ranks (grpo.sharding)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if n_train == 0:
         raise UserError("the model has no trainable parameters (load_in_4bit needs use_lora)")

@@ -40,6 +40,7 @@ from grpo.models import autocast
 from grpo.optim import GuardedStep
 from grpo.policy import completion_logprobs, reference_policy
 from grpo.rollout import Rollout, Sampling, encode_prompts, sample_group
+from grpo.sharding import policy_module, sampling_context
 from grpo.trainer import PromptSampler
 from sega.filtering import drop_low_outliers, map_rewards, top_bottom_pairs
 from sega.implicit_reward import format_prompt
@@ -95,7 +96,7 @@ class SegaTrainer:
         prompt_ids, prompt_mask, cut = truncate_prompts_left(prompt_ids, prompt_mask,
                                                              max_prompt_length=self.max_prompt_length)
         self.truncated_prompts += int(cut.sum())
-        with autocast(self.device, self.cfg.bf16):  # bf16 on CUDA (grpo.models [D8])
+        with autocast(self.device, self.cfg.bf16), sampling_context(self.model):  # models [D8], sharding [S3]
             return sample_group(self.model, self.tok, prompt_ids, prompt_mask, G=self.cfg.k, sampling=self.sampling)
 
     def _row_slices(self, N: int) -> list[slice]:
@@ -108,7 +109,7 @@ class SegaTrainer:
         self.model.eval()  # [D2]
         try:
             with autocast(self.device, cfg.bf16):
-                parts = [score_completions(self.model, self.tok, r.prompt_ids[sl], r.prompt_mask[sl],
+                parts = [policy_module(self.model)(score_completions, self.tok, r.prompt_ids[sl], r.prompt_mask[sl],
                                            r.completion_ids[sl], r.completion_mask[sl], markers=cfg.markers,
                                            final_frac=cfg.final_frac, final_window=cfg.final_window,
                                            top_m=cfg.top_m, lambda_fork=cfg.lambda_fork,
@@ -142,8 +143,8 @@ class SegaTrainer:
     # 5. update -----------------------------------------------------------------------------------
     def _logprobs(self, model, r: Rollout, sl: slice) -> torch.Tensor:
         with autocast(self.device, self.cfg.bf16):
-            return completion_logprobs(model, r.prompt_ids[sl], r.prompt_mask[sl], r.completion_ids[sl],
-                                       r.completion_mask[sl], temperature=1.0)[0]  # (n, T)  [D2]
+            return policy_module(model)(completion_logprobs, r.prompt_ids[sl], r.prompt_mask[sl],  # sharding [S1]
+                                        r.completion_ids[sl], r.completion_mask[sl], temperature=1.0)[0]  # (n, T) [D2]
 
     def _no_grad_logprobs(self, model, r: Rollout, slices: list[slice]) -> torch.Tensor:
         with torch.no_grad():

@@ -28,9 +28,11 @@ def toy_task() -> Task:
     return Task(name="toy", rows=rows, reward_names=["vowel_fraction"], reward_funcs=[vowel_fraction])
 
 
-def make_trainer(cache_dir, *, seed: int = 0, init_seed: int | None = None, **overrides) -> GRPOTrainer:
+def make_trainer(cache_dir, *, seed: int = 0, init_seed: int | None = None, prepare=None,
+                 **overrides) -> GRPOTrainer:
     """A GRPOTrainer on tiny-llama + LoRA; `seed` is the settings' (data order), `init_seed` (default
-    `seed`) the torch seed the fresh adapter is drawn with."""
+    `seed`) the torch seed the fresh adapter is drawn with; `prepare(model)` runs before the optimiser is
+    built (a broadcast, grpo.sharding.prepare_model)."""
     settings = dict(model="tiny-llama", lora_r=8, lora_alpha=16, lora_dropout=0.0, prompts_per_step=2,
                     num_generations=4, max_completion_length=12, micro_batch_size=8, learning_rate=3e-3)
     cfg = GRPOSettings(seed=seed, **{**settings, **overrides})
@@ -38,6 +40,8 @@ def make_trainer(cache_dir, *, seed: int = 0, init_seed: int | None = None, **ov
     model, tok = load_model("tiny-llama", cache_dir=cache_dir, use_lora=cfg.use_lora, lora_r=cfg.lora_r,
                             lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, dtype=cfg.dtype,
                             device=cfg.device)
+    if prepare is not None:
+        prepare(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, name=cfg.optimizer, lr=cfg.learning_rate, weight_decay=0.0)
     sched = make_scheduler(opt, kind="constant", warmup_steps=0, total_steps=cfg.max_steps)
