@@ -1,7 +1,10 @@
 """Data parallelism without a wrapper: each rank samples its own prompts, gradients are summed.
 
 Launch with `torchrun --nproc_per_node K scripts/train_grpo.py ...`; the backend follows `--device`
-(gloo for the CPU, NCCL for CUDA), and "cuda"/"auto" mean this rank's GPU, cuda:LOCAL_RANK.
+(gloo for the CPU, NCCL for CUDA), and "cuda"/"auto" mean this rank's GPU, cuda:LOCAL_RANK. This is
+`--sharding none`, the readable default; `--sharding fsdp2` shards weights, gradients and optimiser
+state with PyTorch's FSDP2 instead (grpo/sharding.py), and the functions below then skip the sharded
+parameters (FSDP has reduced them; there are no replicas to compare).
 
 What DistributedDataParallel would do for us, and where we do it instead (STYLE.md, nanoGPT):
     initial weights   `broadcast_trainable` copies rank 0's trainable tensors to every rank right

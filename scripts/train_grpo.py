@@ -3,6 +3,7 @@
     python scripts/train_grpo.py                                   # smollm2-135m + LoRA, bundled arithmetic task
     python scripts/train_grpo.py --config configs/gsm8k.json --base-model rl_sft_model
     torchrun --nproc_per_node 2 scripts/train_grpo.py --model tiny-llama --max-steps 5    # DDP (gloo on CPU)
+    torchrun --nproc_per_node 2 scripts/train_grpo.py --use-lora false --sharding fsdp2  # FSDP2 (grpo/sharding.py)
 
 One step (grpo/trainer.py, ALGORITHMS.md §2–3):
     1. sample    B prompts (split over ranks) × G completions, recording per-token log-probs/entropy

@@ -10,6 +10,7 @@ answers) is `scripts/train_sft.py --mode pairs`. The original README's commands 
         --gen_max_new_tokens 256 --temperature 1.0 --top_p 0.95 --epochs 1 --lr 5e-6 --batch_size 1
     python scripts/train_sega.py --config configs/sega_demo.yaml    # the same pipeline, SFT run `sft-demo` first
     torchrun --nproc_per_node 2 scripts/train_sega.py --model tiny-llama --batch-size 2 --max-steps 3  # DDP
+    torchrun --nproc_per_node 2 scripts/train_sega.py --model tiny-llama --sharding fsdp2 --batch-size 2  # FSDP2
 
 Flag aliases: --model_name_or_path → --model, --train_jsonl → --dataset, --out_dir → --run_name,
 --lr → --learning_rate. `--beta` is the implicit-reward scale of the final evaluation; the KL

@@ -8,6 +8,7 @@ format on GSM8K reference solutions. The prompt ends with `<start_working_out>`,
     python scripts/train_sft.py --config configs/gsm8k.json --stage rl_prep   # 256 examples → rl_sft_model
     python scripts/train_sft.py --config configs/gsm8k.json --stage rl_prep --dataset ../shared/data/gsm8k
     torchrun --nproc_per_node 2 scripts/train_sft.py --config configs/gsm8k.json   # data parallel (grpo.sft [D7])
+    torchrun --nproc_per_node 2 scripts/train_sft.py --use-lora false --sharding fsdp2   # FSDP2 (grpo/sharding.py)
 
 Pairs (SEGA stage 1, "reflective SFT", issue 6): cross-entropy on `chosen` given the chat-formatted
 `prompt` (one user message) of preference pairs `{"prompt", "chosen", "rejected"}`; the flags of the
