@@ -40,6 +40,7 @@ What the trainer sees is the same either way (STYLE.md, "Engines and plumbing"):
 from __future__ import annotations
 
 import contextlib
+import os
 import weakref
 from typing import Any, Callable
 
@@ -71,6 +72,9 @@ def check_sharding(sharding: str, *, load_in_4bit: bool = False) -> str | None:
     """Why `sharding` cannot run with these settings (None if it can) [S6]; called when settings are parsed."""
     if sharding not in SHARDINGS:
         return f"must be one of {', '.join(SHARDINGS)}"
+    if sharding == "fsdp2" and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return ("fsdp2 shards over several processes: launch with torchrun --nproc_per_node K (K >= 2); "
+                "one process holds the whole model anyway, so use sharding = none")
     if sharding == "fsdp2" and load_in_4bit:
         return ("fsdp2 cannot shard 4-bit (QLoRA) weights reliably (bitsandbytes' packed weights under "
                 "FSDP2 are fragile upstream); use sharding = none with load_in_4bit, or a 16/32-bit model")

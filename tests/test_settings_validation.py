@@ -30,6 +30,7 @@ FILES = {  # written into a temporary folder; "{tmp}" in a case's arguments is t
 
 GRPO = [  # train_grpo.py: (arguments, fragments the one-line error must contain)
     (["--num-generations", "1"], ["num_generations = 1", ">= 2"]),
+    (["--use-lora", "false", "--sharding", "fsdp2"], ["sharding = 'fsdp2'", "torchrun"]),  # one process
     (["--num-generations", "0"], ["num_generations = 0"]),
     (["--temperature", "0"], ["temperature = 0.0", "> 0"]),
     (["--temperature", "-1"], ["temperature = -1.0"]),
