@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from grpo.run import read_metrics
 from grpo_helpers import assert_same_update
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,3 +113,23 @@ def test_train_sega_runs_under_fsdp2(tmp_path):
             "--max-steps", "2", "--run-name", "s", "--sharding", "fsdp2"]
     _torchrun("train_sega.py", args, env)
     assert (tmp_path / "outputs" / "s" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_a_full_fine_tune_with_a_separate_kl_reference_gives_the_unsharded_runs_metrics(tmp_path):
+    """beta > 0 without LoRA loads a second, frozen model as the KL reference; under fsdp2 it is sharded too.
+    A length reward gives every group a signal, so the policy moves and the KL of steps 2-3 is not 0."""
+    (tmp_path / "lenreward.py").write_text(
+        "def reward(prompts, completions, **_):\n"
+        "    return [len(c[0]['content']) / 10 for c in completions]\n")
+    env = dict(_env(tmp_path), PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}")
+    args = ["--model", "tiny-llama", "--use-lora", "false", "--beta", "0.04", "--prompts-per-step", "2",
+            "--num-generations", "4", "--max-completion-length", "8", "--max-steps", "3", "--learning-rate", "1e-3",
+            "--reward-funcs", "lenreward:reward"]
+    rows = {}
+    for sharding in ("none", "fsdp2"):
+        _torchrun("train_grpo.py", [*args, "--sharding", sharding, "--run-name", sharding], env)
+        rows[sharding] = read_metrics(tmp_path / "outputs" / sharding / "metrics.jsonl")
+    assert [r["step"] for r in rows["fsdp2"]] == [1, 2, 3] and rows["none"][-1]["kl"] > 1e-4
+    for a, b in zip(rows["none"], rows["fsdp2"]):
+        for key in ("reward", "kl", "grad_norm", "loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (a["step"], key)
