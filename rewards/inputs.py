@@ -79,4 +79,9 @@ def gold_text(value: Any) -> str | None:
         return bytes(value).decode("utf-8", "replace")
     if isinstance(value, float) and value != value:  # NaN from a pandas/CSV load
         return None
-    return value if isinstance(value, str) else str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return str(int(value))  # 72.0 from a pandas/CSV load is the answer "72", not "72.0"
+    try:
+        return value if isinstance(value, str) else str(value)
+    except ValueError:  # an int over Python's 4,300-digit limit for str(): no usable gold
+        return None

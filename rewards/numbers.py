@@ -14,6 +14,8 @@ Implementation details:
 [D5] GSM8K's gold answer is the text after "####" (upstream `extract_hash_answer`: the piece between
      the first and any second "####", stripped). It is not otherwise normalised: 93 of GSM8K's 8,792
      answers contain a thousands comma ("1,200"), which string-comparing rewards then require.
+[D6] A minus sign touches its number ("-18", "-$18"): in "Total - 18" the dash is punctuation and the
+     number is 18 (it was read as −18, so a correct answer scored as wrong).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ _MAX_TOKEN = 64  # [D2]
 
 _NUMBER = re.compile(
     r"(?<![\w.])"                                      # [D1] not inside a word or a number
-    r"(?P<neg>[-−])?[$€£¥]?\s?"                        # sign, currency
+    r"(?P<neg>[-−])?(?:[$€£¥]\s?)?"                    # sign, currency; a space only after a currency [D6]
     r"(?P<num>(?:[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])|[0-9]+)(?:\.[0-9]+)?|\.[0-9]+)"
     r"(?:\s*/\s*(?P<den>[0-9]+))?"                     # fraction 3/4
     r"(?P<pct>\s?%)?")

@@ -127,3 +127,11 @@ def test_a_failing_hub_load_becomes_a_data_error_that_suggests_a_local_file(monk
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match="could not load hub dataset 'owner/name'.*no internet.*local"):
         load_rows("owner/name", required=SCHEMA)
+
+
+def test_an_integer_too_long_for_python_is_a_data_error_naming_the_line(tmp_path):
+    """json.loads raises a plain ValueError (not JSONDecodeError) on integers over 4,300 digits."""
+    f = tmp_path / "rows.jsonl"
+    f.write_text('{"question": "q", "answer": "1"}\n{"question": "q", "answer": ' + "9" * 5000 + "}\n")
+    with pytest.raises(DataError, match=r"rows.jsonl:2"):
+        load_rows(str(f), required=SCHEMA)

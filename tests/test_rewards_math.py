@@ -231,3 +231,26 @@ def test_integer_gives_half_for_an_all_digit_answer():
 @pytest.mark.parametrize("answer", ["", "-3", "3.5", "72 apples"])
 def test_integer_gives_0_otherwise(answer):
     assert reasoncheck.integer(None, [E.format(answer)]) == [0.0]
+
+
+def test_a_dash_with_a_space_after_it_is_not_a_minus_sign():
+    """"Total - 18" read as −18 (the sign could be followed by a space), so a correct 18 scored as wrong."""
+    assert [n.value for n in numbers.numbers_in("Total - 18 apples")] == [18]
+    assert [n.value for n in numbers.numbers_in("-18, −7, $ 5, -$3")] == [-18, -7, 5, -3]
+
+
+def test_a_float_gold_with_an_integral_value_is_the_integer_text():
+    """A gold loaded as the float 72.0 (pandas, CSV) was compared as "72.0": a correct 72 got 2.0, not 5.0."""
+    from rewards.inputs import gold_text
+
+    assert gold_text(72.0) == "72" and gold_text(2.5) == "2.5" and gold_text(float("nan")) is None
+    reply = "<end_working_out><SOLUTION>72</SOLUTION>"
+    assert math_answers.check_answer([None], [reply], answer=[72.0]) == [5.0]
+
+
+def test_a_gold_integer_too_long_for_text_gives_none_without_raising():
+    from rewards.inputs import gold_text
+
+    assert gold_text(10 ** 5000) is None
+    assert math_answers.check_answer([None], ["<end_working_out><SOLUTION>1</SOLUTION>"],
+                                     answer=[10 ** 5000]) == [None]

@@ -107,6 +107,8 @@ def _jsonl_items(path: Path) -> Iterator[tuple[str, Any]]:
                 yield where, _not_utf8(where, raw[e.start], e.start + 1)
             except json.JSONDecodeError as e:
                 yield where, DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
+            except ValueError as e:  # an integer over Python's 4,300-digit limit: not a JSONDecodeError
+                yield where, DataError(f"{where}: invalid JSON ({e})")
     if n_items == 0:  # [D6]
         raise DataError(f"{path}: no rows: the file is empty" if n_lines == 0 else
                         f"{path}: no rows: all {n_lines} line(s) of the file are blank")
@@ -132,6 +134,8 @@ def _json_items(path: Path) -> Iterator[tuple[str, Any]]:
         items = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except ValueError as e:  # an integer over Python's 4,300-digit limit: not a JSONDecodeError
+        raise DataError(f"{path}: invalid JSON ({e})") from None
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON array of objects, got {type(items).__name__}")
     if not items:  # [D6]
