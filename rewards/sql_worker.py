@@ -132,7 +132,8 @@ def split_statements(script: str) -> list[str]:
     for token in _TOKEN.finditer(script):
         text = token.group()
         if text == ";":
-            is_trigger = head[:1] == ["CREATE"] and "TRIGGER" in head[1:3]
+            is_trigger = head[:2] == ["CREATE", "TRIGGER"] or (  # not CREATE TABLE trigger (...)
+                head[:1] == ["CREATE"] and head[1:3] in (["TEMP", "TRIGGER"], ["TEMPORARY", "TRIGGER"]))
             if is_trigger and last_word != "END":
                 continue
             if has_content:

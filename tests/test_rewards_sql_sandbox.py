@@ -142,3 +142,13 @@ def test_a_closed_database_cannot_be_used():
     db.close()
     with pytest.raises(ValueError, match="closed"):
         execute_sql(db, "SELECT 1")
+
+
+def test_a_table_named_trigger_is_not_a_trigger_body():
+    """`CREATE TABLE trigger (a); INSERT ...` was kept as one statement waiting for END, and refused."""
+    from rewards.sql_sandbox import split_statements
+
+    assert split_statements("CREATE TABLE trigger (a); INSERT INTO trigger VALUES (1);") == [
+        "CREATE TABLE trigger (a);", "INSERT INTO trigger VALUES (1);"]
+    body = "CREATE TEMP TRIGGER t AFTER INSERT ON x BEGIN UPDATE x SET a = 1; END;"
+    assert split_statements(body + " SELECT 1;") == [body, "SELECT 1;"]
