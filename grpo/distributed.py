@@ -16,7 +16,7 @@ What DistributedDataParallel would do for us, and where we do it instead (STYLE.
                       checkpoint and stops the run if they differ [D4]
 
 [D1] No DistributedDataParallel: the losses are already normalised by whole-batch counts (all ranks,
-     grpo.loss [D1]), so the full-batch gradient is the *sum* of the ranks' gradients, all-reduced once
+     grpo.aggregation [A1]), so the full-batch gradient is the *sum* of the ranks' gradients, all-reduced once
      per optimiser step over the trainable parameters only (a LoRA adapter is a few MB). This keeps the
      forward pass free to call the decoder and LM head separately (grpo.policy) and is easy to audit.
 [D2] Counts and stats cross ranks through `all_reduce_sum` / `all_gather_rows`; with one process they

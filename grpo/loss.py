@@ -9,12 +9,9 @@ arXiv 2503.20783 §3.1; GSPO arXiv 2507.18071 §4; forking tokens arXiv 2506.019
               (cispo, sapo, vespo: their own ℓ, grpo.surrogates; × M_i with the off-policy mask)
     loss    = Agg(sel·ℓ) + β·Agg(w·kl_k3) − c·Σ_sel H / K_sel,   w = 1 (or ρ: use_bias_correction_kl [D13])
 
-    Agg over the generation batch (N sequences, all micro-batches and ranks), L = max_completion_length:
-      grpo     (1/N) Σ_i (1/|o_i|) Σ_t x_{i,t}     sequence-mean of token-means
-      dapo     Σ_{i,t} x / Σ_{i,t} m                token-mean over the whole batch
-      dr_grpo  Σ_{i,t} x / (N · L)                  constant normaliser
-      bnpo     Σ_{i,t} x / Σ_{i,t} m                over the *local* micro-batch only
-      luspo    (1/N) Σ_i Σ_t x_{i,t}                each sequence's sum: |o_i| × its token-mean [D12]
+    Agg over the generation batch (N sequences, all micro-batches and ranks): grpo (sequence-mean of
+      token-means), dapo (batch token-mean), dr_grpo (÷ N·L), bnpo (local token-mean), luspo (sequence
+      sums ÷ N [D12]), each written out in grpo/aggregation.py.
 
     loss_type = surrogate + Agg (LOSS_TYPES, ALGORITHMS.md §2b): grpo, dapo, dr_grpo, bnpo, luspo are the
     clipped ℓ with the Agg of their name; cispo and vespo aggregate like dapo, sapo like grpo.
@@ -33,13 +30,9 @@ Symbol → code:
 
 Implementation details:
 
-[D1] Every aggregator returns this micro-batch's *share*: the normalisers count the whole generation batch,
-     so summing the losses over micro-batches (and ranks) gives the full-batch loss and the gradient of an
-     optimiser step does not depend on the split. DDP averages gradients over ranks: the caller multiplies
-     by the world size. Fully masked sequences still count in N (as TRL's `.mean()` over rows).
-[D2] bnpo is by definition the local token-mean and is NOT split-invariant. Its share is weighted by the
-     micro-batch's fraction of sequences, N_local / N: equal micro-batches give TRL's `loss / grad_accum`,
-     a single micro-batch gives dapo.
+[D1] Every aggregator returns this micro-batch's *share* of the whole-batch loss, so the gradient of an
+     optimiser step does not depend on the split (grpo.aggregation [A1]).
+[D2] bnpo is the local token-mean and is NOT split-invariant (grpo.aggregation [A2]).
 [D3] Padding (¬m) may hold anything (NaN, ±inf): every per-token input is zeroed there before any exp, so
      padding changes neither the loss nor the gradient (exactly 0 on padding).
 [D4] GSPO keeps the gradient through the mean, ∇s_i = s_i·(1/|o_i|)·Σ_t ∇lp_θ (GSPO §4.2; TRL likewise).
@@ -84,17 +77,11 @@ from typing import Literal
 import torch
 
 from grpo import surrogates
+from grpo.aggregation import AGGREGATE, Count, aggregate_dapo
 from grpo.kl import kl_k3
-
-Count = int | float | torch.Tensor  # a token or sequence count, possibly all-reduced (0-dim tensor)
-
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))  # [D10]
-
-
-def _at_least_one(count: Count) -> Count:
-    return count.clamp(min=1) if isinstance(count, torch.Tensor) else max(count, 1)  # no host sync
 
 
 def token_ratio(logp: torch.Tensor, old_logp: torch.Tensor, *, max_log_ratio: torch.Tensor | None = None
@@ -159,42 +146,6 @@ def clipped_tokens(ratio: torch.Tensor, advantages: torch.Tensor, *, eps_low: fl
     high = (ratio > 1 + eps_high) & (advantages > 0)  # (N, T)
     return low, high
 
-
-# Aggregators: x (N, T) per-token loss, mask (N, T) bool -> this micro-batch's share of Agg(x) [D1].
-def aggregate_grpo(x: torch.Tensor, mask: torch.Tensor, *, num_sequences: Count, num_tokens: Count,
-                   max_completion_length: int) -> torch.Tensor:
-    """(1/N) Σ_i (1/|o_i|) Σ_t m·x: sequence-mean of token-means (DeepSeekMath Eq. 3)."""
-    seq_mean = x.masked_fill(~mask, 0.0).sum(-1) / mask.sum(-1).clamp(min=1)  # (N_local,)
-    return seq_mean.sum() / num_sequences  # [D1]
-
-
-def aggregate_dapo(x: torch.Tensor, mask: torch.Tensor, *, num_sequences: Count, num_tokens: Count,
-                   max_completion_length: int) -> torch.Tensor:
-    """Σ_{i,t} m·x / Σ_{i,t} m over the whole generation batch (DAPO §3.3, token-level loss)."""
-    return x.masked_fill(~mask, 0.0).sum() / _at_least_one(num_tokens)  # [D1]
-
-
-def aggregate_dr_grpo(x: torch.Tensor, mask: torch.Tensor, *, num_sequences: Count, num_tokens: Count,
-                      max_completion_length: int) -> torch.Tensor:
-    """Σ_{i,t} m·x / (N · L) (Dr. GRPO §3.1: a constant replaces the length normalisation)."""
-    return x.masked_fill(~mask, 0.0).sum() / (num_sequences * max_completion_length)  # [D1]
-
-
-def aggregate_bnpo(x: torch.Tensor, mask: torch.Tensor, *, num_sequences: Count, num_tokens: Count,
-                   max_completion_length: int) -> torch.Tensor:
-    """(N_local / N) · Σ_{i,t} m·x / Σ_{i,t} m over the local micro-batch: NOT split-invariant [D2]."""
-    local_mean = x.masked_fill(~mask, 0.0).sum() / mask.sum().clamp(min=1)  # ()
-    return local_mean * (mask.shape[0] / num_sequences)  # [D2]
-
-
-def aggregate_luspo(x: torch.Tensor, mask: torch.Tensor, *, num_sequences: Count, num_tokens: Count,
-                    max_completion_length: int) -> torch.Tensor:
-    """(1/N) Σ_i Σ_t m·x: the sum of each sequence's tokens, |o_i| × its token-mean (LUSPO) [D12]."""
-    return x.masked_fill(~mask, 0.0).sum() / num_sequences  # [D1]
-
-
-AGGREGATE = {"grpo": aggregate_grpo, "dapo": aggregate_dapo, "dr_grpo": aggregate_dr_grpo,
-             "bnpo": aggregate_bnpo, "luspo": aggregate_luspo}
 
 # loss_type -> (per-token surrogate, aggregation), ALGORITHMS.md §2, §2b
 LOSS_TYPES = {"grpo": ("clipped", "grpo"), "dapo": ("clipped", "dapo"), "dr_grpo": ("clipped", "dr_grpo"),

@@ -36,7 +36,7 @@ Implementation details:
 [D4] Aggregation: token sum per candidate (or token mean when length-normalised), mean over the k_valid
      candidates of the prompt, mean over prompts. Prompts with k_valid = 0 add 0 but count in B
      (a constant normaliser). With `num_prompts` = the B of the whole generation batch, the losses of
-     micro-batches (whole prompts each) sum to the full-batch loss, as grpo.loss [D1].
+     micro-batches (whole prompts each) sum to the full-batch loss, as grpo.aggregation [A1].
 [D5] Padding, post-EOS positions and invalid candidates are zeroed (torch.where) before any exp or
      product, so they may hold anything (NaN) and get exactly zero gradient.
 [D6] Math in fp32 (fp64 if given fp64); masks are bool; stats are detached 0-dim tensors.
