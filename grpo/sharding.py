@@ -16,8 +16,9 @@ What the trainer sees is the same either way (STYLE.md, "Engines and plumbing"):
      (grpo.policy [D3]), which on sharded weights fails with "aten.embedding.default got mixed
      torch.Tensor and DTensor" unless it runs inside the root's forward, where the root's own
      parameters (embeddings, final norm, LM head) are gathered.
-[S2] Sum, not mean: our losses are normalised by whole-batch counts over all ranks (grpo.aggregation [A1]), so
-     the gradient of the global batch is the *sum* of the ranks' gradients, as in grpo.distributed [D1].
+[S2] Sum, not mean: our losses are normalised by whole-batch counts over all ranks (grpo.aggregation
+     [A1]), so the gradient of the global batch is the *sum* of the ranks' gradients, as in
+     grpo.distributed [D1].
      FSDP2 averages by default; the divide factor is set to 1 and the reduction forced to a plain SUM
      (gloo's reduce-scatter has averaged instead of summed in some versions, pytorch#162338, and gloo
      has no PREMUL_SUM). tests/test_fsdp.py checks the scale against one process to 1e-10.
