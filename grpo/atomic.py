@@ -58,6 +58,18 @@ def write_failure(e: BaseException) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def storage_errors_name(path: str | os.PathLike) -> Iterator[None]:
+    """Within the block, a storage failure becomes WriteError(path, cause) [D3]; any other error is untouched."""
+    try:
+        yield
+    except Exception as e:
+        cause = write_failure(e)
+        if cause is None:
+            raise
+        raise WriteError(path, cause) from None
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where Linux allows (/proc/self/status) [D2]."""
     with contextlib.suppress(OSError, ValueError):
@@ -92,21 +104,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = Path(path)
     tmp = _temporary(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # [D2] the umask applies
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        cause = write_failure(e)
-        if cause is None:
+    with storage_errors_name(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # [D2] the umask applies
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
             raise
-        raise WriteError(path, cause) from None
     return path
 
 
@@ -127,14 +137,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     tmp = _temporary(path, suffix=path.suffix)  # the suffix kept: savefig picks the format from it
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
-    except Exception as e:
-        cause = write_failure(e)
-        if cause is None:
-            raise
-        raise WriteError(path, cause) from None
+        with storage_errors_name(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -150,21 +156,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     tmp = _temporary(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.mkdir(tmp, 0o777)  # [D2]
-        yield tmp
-        _follow_umask(tmp)  # [D2]
-        old = _temporary(path, "old") if path.exists() else None
-        if old is not None:
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except Exception as e:
-        cause = write_failure(e)
-        if cause is None:
-            raise
-        raise WriteError(path, cause) from None
+        with storage_errors_name(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(tmp, 0o777)  # [D2]
+            yield tmp
+            _follow_umask(tmp)  # [D2]
+            old = _temporary(path, "old") if path.exists() else None
+            if old is not None:
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from grpo.atomic import (WriteError, atomic_dir, atomic_path, atomic_write_bytes,  # noqa: F401  (re-exported)
-                         atomic_write_json, atomic_write_text, json_default, write_failure)
+                         atomic_write_json, atomic_write_text, json_default, storage_errors_name, write_failure)
 
 OUTPUT_ROOT_ENV = "GRPO_OUTPUT_ROOT"  # where named runs live; default ./outputs
 
@@ -202,14 +202,12 @@ class MetricsWriter:
     def log(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
         row = {"step": int(step), **{k: _scalar(v) for k, v in metrics.items()}}
         try:
-            self._file.write(json.dumps(row, default=json_default, allow_nan=False) + "\n")  # one write [D2] [D3]
-            self._file.flush()
-        except OSError as e:  # a full disk: one line naming the file (grpo.atomic [D3])
-            cause = write_failure(e)
-            if cause is None:
-                raise
+            with storage_errors_name(self.path):  # a full disk: one line naming the file (grpo.atomic [D3])
+                self._file.write(json.dumps(row, default=json_default, allow_nan=False) + "\n")  # [D2] [D3]
+                self._file.flush()
+        except WriteError:
             self._failed = True
-            raise WriteError(self.path, cause) from None
+            raise
         if self._tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "step":

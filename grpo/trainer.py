@@ -35,8 +35,8 @@ One *step* is one generation batch: B prompts (split over ranks) × G completion
 """
 from __future__ import annotations
 
+import dataclasses
 import random
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +45,7 @@ import torch
 
 from grpo import distributed as dd
 from grpo.config import UserError
-from grpo.data.prompts import fit_rows, prompt_lengths, resolve_max_prompt_length, truncate_prompts_left
+from grpo.data.prompts import limit_prompts, truncate_prompts_left
 from grpo.advantages import group_advantages, overlong_penalty, weighted_rewards, zero_std_groups
 from grpo.loss import policy_loss
 from grpo.models import autocast
@@ -127,8 +127,11 @@ class GRPOTrainer:
         self.optimizer, self.scheduler, self.ref_model = optimizer, scheduler, ref_model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.rank, self.world = dd.rank(), dd.world_size()
-        self.max_prompt_length, self.task = fit_prompts(cfg, model, tokenizer, task,
-                                                        max_new_tokens=cfg.max_completion_length)  # [D10]
+        self.max_prompt_length, rows = limit_prompts(
+            task.rows, [r["prompt"] for r in task.rows], [r.get("prompt_suffix", "") for r in task.rows], tokenizer,
+            model.config, max_prompt_length=cfg.max_prompt_length, overflow=cfg.prompt_overflow,
+            max_new_tokens=cfg.max_completion_length, print_note=dd.rank() == 0)  # [D10]
+        self.task = dataclasses.replace(task, rows=rows)
         self.truncated_prompts = 0  # this step's prompts cut to max_prompt_length on this rank
         self.sampler = PromptSampler(len(self.task.rows), cfg.seed)
         self.sampling = Sampling(max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
@@ -301,22 +304,6 @@ class GRPOTrainer:
         update["prompts/truncated"] = float(dd.all_reduce_sum(torch.tensor(float(self.truncated_prompts))
                                                               .to(self.device)))
         return step_metrics(batch, update, timing, self.task.reward_names, lr=self.scheduler.get_last_lr()[0])
-
-
-def fit_prompts(cfg, model, tokenizer, task, *, max_new_tokens: int):
-    """(max_prompt_length, task with the rows to train on) [D10]: the limit from the settings or the model's
-    positions; with prompt_overflow=reject the longer prompts' rows are dropped once, here. One note on rank 0."""
-    import dataclasses
-
-    limit = resolve_max_prompt_length(cfg.max_prompt_length, model.config, max_new_tokens=max_new_tokens)
-    if limit is None:
-        return None, task
-    lengths = prompt_lengths(tokenizer, [r["prompt"] for r in task.rows],
-                             [r.get("prompt_suffix", "") for r in task.rows])
-    fit = fit_rows(task.rows, lengths, max_prompt_length=limit, overflow=cfg.prompt_overflow)
-    if fit.too_long and dd.rank() == 0:
-        print(fit.note(len(task.rows)), file=sys.stderr)
-    return limit, dataclasses.replace(task, rows=fit.rows)
 
 
 # PolicyLossStats fields logged, each combined over micro-batches by its tokens or its sequences (grpo.loss [D6])

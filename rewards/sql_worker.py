@@ -44,6 +44,7 @@ hostile queries, tests/test_rewards_sql_hostile.py):
 """
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import re
@@ -237,10 +238,8 @@ def _serve() -> None:
     os.dup2(2, 1)  # a stray print goes to stderr, never into an answer
     sqlite3.connect(":memory:").execute(f"PRAGMA hard_heap_limit = {_HEAP_LIMIT_BYTES}")  # [D5] process-wide
     databases: dict[int, sqlite3.Connection] = {}
-    try:
+    with contextlib.suppress(BrokenPipeError):  # the caller is gone
         _serve_requests(answers, databases)
-    except BrokenPipeError:  # the caller is gone
-        pass
 
 
 def _serve_requests(answers: int, databases: dict[int, sqlite3.Connection]) -> None:

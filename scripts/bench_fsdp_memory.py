@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from grpo.measure import proc_status_mb  # noqa: E402
+
 
 def local_bytes(t: torch.Tensor) -> int:
     from torch.distributed.tensor import DTensor
@@ -52,9 +54,9 @@ def measure(args) -> None:
     optimizer.step()
     b = state_bytes(model, optimizer)
     total = sum(b.values())
-    rows = dd.all_gather_objects({"rank": rank, **b, "total": total, "peak_rss_mb": _vmhwm_mb()})
+    rows = dd.all_gather_objects({"rank": rank, **b, "total": total, "peak_rss_mb": proc_status_mb("VmHWM")})
     if rank == 0:
-        print(f"| model | sharding | world | rank | params MB | grads MB | AdamW MB | state MB | peak RSS MB |")
+        print("| model | sharding | world | rank | params MB | grads MB | AdamW MB | state MB | peak RSS MB |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {args.model} | {args.sharding} | {world} | {r['rank']} | {r['params'] / 2**20:.1f} | "
@@ -64,16 +66,6 @@ def measure(args) -> None:
                           "dtype": args.dtype, "sharding": args.sharding, "world": world, "ranks": rows}))
     if world > 1:
         torch.distributed.destroy_process_group()
-
-
-def _vmhwm_mb() -> float:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def table(gpus: int = 8, gpu_gb: int = 80) -> None:

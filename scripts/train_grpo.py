@@ -112,6 +112,7 @@ def main() -> None:
                          scheduler=scheduler, max_steps=s.max_steps, rank=rank, desc="grpo",
                          base_name=adapter_base_name(model_name, cache_dir=s.model_cache_dir or None),
                          postfix=("reward", "completion_length"))
+    dd.shutdown()  # every rank leaves torch.distributed together (grpo.distributed [D5])
     if result.interrupted:
         sys.exit(result.exit_code)  # 130 Ctrl-C, 143 SIGTERM
     if rank == 0:

@@ -133,6 +133,7 @@ def main() -> None:
     result = train_steps(trainer, s=s, run=run, model=model, tokenizer=tok, optimizer=optimizer,
                          scheduler=scheduler, max_steps=max_steps, rank=rank, desc="sega", base_name=base_name,
                          postfix=("score", "completion_length"))  # each step: 1.-5. of the docstring
+    dd.shutdown()  # every rank leaves torch.distributed together (grpo.distributed [D5])
     if result.interrupted:
         sys.exit(result.exit_code)  # 130 Ctrl-C, 143 SIGTERM
     if rank != 0:

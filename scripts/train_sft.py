@@ -146,6 +146,7 @@ def main() -> None:
     # 4.-5. train, save final/
     summary = train_sft(model, tok, examples, s=s, run=run, bf16=s.bf16,
                         base_name=adapter_base_name(s.model, cache_dir=s.model_cache_dir or None))
+    dd.shutdown()  # every rank leaves torch.distributed together (grpo.distributed [D5])
     if rank == 0:
         print(f"loss {summary['first_loss']:.4f} -> {summary['last_loss']:.4f} in {summary['steps']} steps "
               f"({summary['seconds']:.1f} s); model saved to {summary['final']}")

@@ -112,6 +112,9 @@ class SegaSettings(RunSettings, OptimSettings, PromptLengthSettings, ModelSettin
         """Ranges and the rules between settings, checked before anything loads (grpo.config [D9])."""
         at_least(self, "dataset_limit", 1, why="null = every pair")
         at_least(self, "eval_batch_size", 1)
+        require(self, "eval_dataset", not (self.eval_dataset and self.sharding == "fsdp2"),
+                "must be '' with sharding = fsdp2 (the held-out evaluation runs on rank 0 alone, which cannot "
+                "run a sharded model): evaluate final/ with scripts/eval_pref_accuracy.py")
         # 1. sampling
         at_least(self, "k", 2, why="the group advantage needs two candidates per prompt")
         at_least(self, "gen_max_new_tokens", 1)

@@ -27,7 +27,6 @@ Implementation details:
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, fields
 from typing import Any
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 
 from grpo import distributed as dd
-from grpo.data.prompts import fit_rows, prompt_lengths, resolve_max_prompt_length, truncate_prompts_left
+from grpo.data.prompts import limit_prompts, truncate_prompts_left
 from grpo.models import autocast
 from grpo.optim import GuardedStep
 from grpo.policy import completion_logprobs, reference_policy
@@ -69,14 +68,11 @@ class SegaTrainer:
         self.rank, self.world = dd.rank(), dd.world_size()
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by {self.world} ranks")
-        self.max_prompt_length = resolve_max_prompt_length(cfg.max_prompt_length, model.config,
-                                                           max_new_tokens=cfg.gen_max_new_tokens)
-        if self.max_prompt_length is not None:  # as GRPO (grpo.trainer [D10]): reject drops rows once, here
-            lengths = prompt_lengths(tokenizer, [format_prompt(tokenizer, r["prompt"]) for r in rows])
-            fit = fit_rows(rows, lengths, max_prompt_length=self.max_prompt_length, overflow=cfg.prompt_overflow)
-            if fit.too_long and self.rank == 0:
-                print(fit.note(len(rows)), file=sys.stderr)
-            self.rows = rows = fit.rows
+        self.max_prompt_length, rows = limit_prompts(  # as GRPO (grpo.trainer [D10])
+            rows, [format_prompt(tokenizer, r["prompt"]) for r in rows], None, tokenizer, model.config,
+            max_prompt_length=cfg.max_prompt_length, overflow=cfg.prompt_overflow,
+            max_new_tokens=cfg.gen_max_new_tokens, print_note=self.rank == 0)
+        self.rows = rows
         self.truncated_prompts = 0  # this step's prompts cut to max_prompt_length on this rank
         self.sampler = PromptSampler(len(rows), cfg.seed)
         self.sampling = Sampling(max_new_tokens=cfg.gen_max_new_tokens, temperature=cfg.temperature,

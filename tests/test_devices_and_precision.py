@@ -39,7 +39,7 @@ def test_4bit_model_of_rank_1_is_placed_on_gpu_1(cuda_present, monkeypatch, tmp_
     seen = {}
 
     class Stop(Exception):
-        pass
+        """Raised by the stand-in from_pretrained once it has seen its arguments."""
 
     def fake_from_pretrained(path, **kwargs):
         seen.update(kwargs)

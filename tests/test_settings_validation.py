@@ -173,6 +173,7 @@ OTHERS = [  # (script, arguments, fragments)
 TWO_RANKS = [  # run with torchrun's WORLD_SIZE=2 in the environment
     ("train_grpo", ["--prompts-per-step", "3"], ["prompts_per_step = 3", "WORLD_SIZE = 2"]),
     ("train_sega", ["--batch-size", "3"], ["batch_size = 3", "WORLD_SIZE = 2"]),
+    ("train_sega", ["--sharding", "fsdp2", "--eval-dataset", "bundled"], ["eval_dataset = 'bundled'", "fsdp2"]),
 ]
 SHIPPED = [  # (config, script reading a section of it)
     ("gsm8k.json", "train_sft"), ("gsm8k.json", "evaluate_model"), ("gsm8k.json", "train_grpo"),

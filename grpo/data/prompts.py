@@ -61,7 +61,8 @@ def resolve_max_prompt_length(max_prompt_length: int | None, config: Any, *, max
     """
     if max_prompt_length is not None:
         if max_prompt_length < 1:
-            raise UserError(f"max_prompt_length must be >= 1 (or unset for the model's default), got {max_prompt_length}")
+            raise UserError(f"max_prompt_length must be >= 1 (or unset for the model's default), "
+                            f"got {max_prompt_length}")
         return max_prompt_length
     positions = model_positions(config)
     if positions is None:
@@ -148,3 +149,22 @@ def fit_rows(rows: Sequence[dict[str, Any]], lengths: Sequence[int], *, max_prom
                             "prompt_overflow=truncate_left")
     return PromptFit(rows=kept, too_long=too_long, longest=max(lengths, default=0),
                      max_prompt_length=max_prompt_length, overflow=overflow)
+
+
+def limit_prompts(rows: list[dict[str, Any]], prompts: Sequence[Any], suffixes: Sequence[str] | None, tokenizer,
+                  model_config: Any, *, max_prompt_length: int | None, overflow: str, max_new_tokens: int,
+                  print_note: bool = True) -> tuple[int | None, list[dict[str, Any]]]:
+    """(P_max, the rows to train on) for a trainer, once before its first step: the limit from the setting or
+    the model's positions [D4], the rows whose prompt is longer dropped under "reject" [D3], one note line
+    (stderr, when `print_note`, i.e. on rank 0) counting the long ones. `prompts[i]` is row i's prompt as the
+    sampler encodes it (messages or text) and `suffixes[i]` its suffix [D1]."""
+    import sys
+
+    limit = resolve_max_prompt_length(max_prompt_length, model_config, max_new_tokens=max_new_tokens)
+    if limit is None:
+        return None, list(rows)
+    fit = fit_rows(rows, prompt_lengths(tokenizer, prompts, suffixes), max_prompt_length=limit, overflow=overflow)
+    if fit.too_long and print_note:
+        print(fit.note(len(rows)), file=sys.stderr)
+    return limit, fit.rows
+
