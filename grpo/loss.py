@@ -7,7 +7,8 @@ arXiv 2503.20783 §3.1; GSPO arXiv 2507.18071 §4; forking tokens arXiv 2506.019
     s_i     = exp(Σ_t m (lp_θ − lp_old) / Σ_t m), same for every t    sequence level (GSPO)
     ℓ_{i,t} = −min(ρ̃·A_i, clip(ρ, 1−ε_low, 1+ε_high)·A_i),  ρ̃ = min(ρ, δ) (two-sided clipping)
               (cispo, sapo, vespo: their own ℓ, grpo.surrogates; × M_i with the off-policy mask)
-    loss    = Agg(sel·ℓ) + β·Agg(w·kl_k3) − c·Σ_sel H / K_sel,   w = 1 (or ρ: use_bias_correction_kl [D13])
+    loss    = Agg(sel·w_IS·ℓ) + β·Agg(w·kl_k3) − c·Σ_sel H / K_sel,  w = 1, or ρ [D13]
+              w_IS = sg[sampler weight] (grpo.correction; 1 without; vespo: inside φ instead [D14])
 
     Agg over the generation batch (N sequences, all micro-batches and ranks): grpo (sequence-mean of
       token-means), dapo (batch token-mean), dr_grpo (÷ N·L), bnpo (local token-mean), luspo (sequence
@@ -25,6 +26,7 @@ Symbol → code:
     ρ or s_i              ratio                      (N, T)
     ε_low, ε_high, δ      eps_low, eps_high, delta     (cispo: eps_high is its cap ε_max)
     M_i                   keep                       (N, 1) bool off-policy mask (grpo.surrogates [D4])
+    w_IS                  sampler_weight             (N, T) or (N, 1) sampler–trainer IS weight, no grad
     β, c, H               beta, entropy_coef, entropy   H: per-token entropy (carries grad)
     N, Σ m, K_sel, L      num_sequences, num_tokens, num_selected_tokens, max_completion_length
 
@@ -67,6 +69,10 @@ Implementation details:
      with the uncapped ratio of the importance_sampling_level (GSPO: s_i) and the gradient through both,
      unbiased for KL(π_θ ‖ π_ref) when tokens come from π_old (at token level). Ours is off by default
      (DeepSeekMath's k3, ALGORITHMS.md §2): even at μ = 1 it adds β·kl·∇lp_θ (docs/trl_differences.md).
+[D14] Sampler correction (ALGORITHMS.md §5, TRL 1.16's placement): ℓ ← sg[w_IS]·ℓ after the off-policy
+     mask, before aggregation; normalisers unchanged; the KL and the entropy bonus are not weighted. vespo
+     instead adds Σ_t m·clip(log w_IS, log 1e-8, 20) into its log w_i (grpo.surrogates [D3]; a masked
+     w_IS = 0 counts log 1e-8) and takes token weights only. w_IS is zeroed on padding and must be finite.
 """
 from __future__ import annotations
 
@@ -181,13 +187,14 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
                 sapo_temperature: tuple[float, float] = (1.0, 1.05),
                 vespo_k: tuple[float, float] = (2.0, 3.0), vespo_lambda: tuple[float, float] = (3.0, 2.0),
                 off_policy_mask_threshold: float | None = None, sampling_logp: torch.Tensor | None = None,
+                sampler_weight: torch.Tensor | None = None,
                 ref_logp: torch.Tensor | None = None, beta: float = 0.0, use_bias_correction_kl: bool = False,
                 entropy: torch.Tensor | None = None, entropy_coef: float = 0.0,
                 token_mask: torch.Tensor | None = None,
                 token_normalizer: Literal["all_tokens", "selected_tokens"] = "all_tokens",
                 num_sequences: Count, num_tokens: Count, num_selected_tokens: Count | None = None,
                 max_completion_length: int) -> tuple[torch.Tensor, PolicyLossStats]:
-    """loss = Agg(M·sel·ℓ) + β·Agg(w·kl_k3) − c·Σ_sel H / K_sel, this micro-batch's share [D1].
+    """loss = Agg(M·sel·w_IS·ℓ) + β·Agg(w·kl_k3) − c·Σ_sel H / K_sel, this micro-batch's share [D1].
 
     Args:
         logp: (N, T) current-policy log-probs of the sampled tokens (carries grad); old_logp, ref_logp:
@@ -197,6 +204,8 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         sapo_temperature: (τ_pos, τ_neg); vespo_k, vespo_lambda: (for A ≥ 0, for A < 0) (grpo.surrogates).
         off_policy_mask_threshold: δ_mask, None = no mask; sampling_logp: (N, T) the sampler's log-probs
             for it, None = old_logp (grpo.surrogates [D4]).
+        sampler_weight: w_IS, (N, T) token or (N, 1) sequence weight from grpo.correction.sampler_weights,
+            finite, detached here; None = 1. vespo takes (N, T) only [D14].
         use_bias_correction_kl: weight the KL by ρ [D13].
         entropy: (N, T) per-token entropy H (carries grad); required when entropy_coef != 0.
         token_mask: (N, T) bool forking-token selection [D7], or None for every token.
@@ -230,6 +239,10 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         raise ValueError("beta != 0 needs ref_logp")
     if entropy_coef != 0.0 and entropy is None:
         raise ValueError("entropy_coef != 0 needs entropy")
+    if sampler_weight is not None and sampler_weight.shape not in ((n, t), (n, 1)):
+        raise ValueError(f"sampler_weight must be (N, T) or (N, 1), got {tuple(sampler_weight.shape)}")
+    if sampler_weight is not None and surrogate == "vespo" and sampler_weight.shape != (n, t):
+        raise ValueError("vespo needs a token-level sampler_weight (N, T), not a sequence one [D14]")
     if token_mask is None:
         num_selected_tokens = num_tokens
     elif num_selected_tokens is None and (token_normalizer == "selected_tokens" or entropy_coef != 0.0):
@@ -246,6 +259,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
 
     logp, old_logp = clean(logp), clean(old_logp)
     adv = _fp32(advantages)[:, None]  # (N, 1)
+    w_is = None if sampler_weight is None else torch.where(mask, _fp32(sampler_weight.detach()), 0.0)  # (N, T)
 
     def importance_ratio(cap: torch.Tensor | float | None) -> torch.Tensor:  # cap: (N, 1), a float or None
         cap = logp.new_tensor(cap) if isinstance(cap, float) else cap  # [D11]
@@ -268,13 +282,16 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     else:  # vespo: ρ enters the stats only
         ratio = importance_ratio(surrogates.VESPO_TOKEN_LOG_RATIO_MAX)  # (N, T)
         phi = surrogates.vespo_weight(logp - old_logp, mask, adv, k_pos=vespo_k[0], lambda_pos=vespo_lambda[0],
-                                      k_neg=vespo_k[1], lambda_neg=vespo_lambda[1])  # (N, 1)
+                                      k_neg=vespo_k[1], lambda_neg=vespo_lambda[1],
+                                      log_sampler_weight=None if w_is is None else torch.log(w_is))  # (N, 1) [D14]
         per_token = surrogates.vespo_surrogate(phi, adv, logp)  # (N, T)
     keep = None
     if off_policy_mask_threshold is not None:  # DeepSeek-V3.2's off-policy sequence mask
         lp_s = old_logp if sampling_logp is None else clean(sampling_logp)  # (N, T)
         keep = surrogates.off_policy_mask(logp, lp_s, adv, mask, threshold=off_policy_mask_threshold)  # (N, 1)
         per_token = torch.where(keep, per_token, 0.0)  # (N, T)
+    if w_is is not None and surrogate != "vespo":  # the sampler correction, on the surrogate only
+        per_token = w_is * per_token  # (N, T) sg[w_IS]·ℓ  [D14]
     # 3. aggregation, on the selected tokens
     if token_normalizer == "all_tokens":
         pg_loss = aggregate(per_token.masked_fill(~selected, 0.0), mask, **norms)  # [D7]

@@ -8,6 +8,7 @@ Each replaces the clipped surrogate of grpo.loss for one `loss_type`; `grpo.loss
     sapo     ℓ = −(4/τ)·σ(τ·(ρ − 1))·A,  τ = τ_pos if A > 0 else τ_neg      SAPO arXiv 2511.20347
     vespo    ℓ = −sg[φ_i]·A·lp_θ,  φ_i = exp(λ + k·log w_i − λ·w_i), φ(1) = 1    VESPO arXiv 2602.10693
              log w_i = clip(Σ_t m·clip(lp_θ − lp_old, −20, 20), log 1e-8, 20)
+                       (with a sampler weight w_IS, + Σ_t m·clip(log w_IS, log 1e-8, 20) inside the outer clip)
              (k, λ) = (k_pos, λ_pos) if A_i ≥ 0 else (k_neg, λ_neg)
     mask     ℓ ← M_i·ℓ,  M_i = [A_i ≥ 0  ∨  (1/|o_i|) Σ_t m·(lp_s − sg[lp_θ]) ≤ δ_mask]
              off-policy sequence mask, DeepSeek-V3.2 arXiv 2512.02556 Eq. 9 (any loss_type)
@@ -20,6 +21,7 @@ Symbol → code:
     ε_max              eps_max            CISPO's cap (the setting epsilon_high)
     τ_pos, τ_neg       temperature_pos, temperature_neg   (sapo_temperature_pos/neg)
     k, λ, w_i, φ_i     k_*, lambda_*, log_w, phi          (vespo_k_pos/neg, vespo_lambda_pos/neg)
+    w_IS               exp(log_sampler_weight)            (N, T) token sampler weight (grpo.correction)
     δ_mask, M_i        threshold, keep    (off_policy_mask_threshold)
 
 Implementation details:
@@ -40,8 +42,11 @@ Implementation details:
      [−20, 20], the sum to [log 1e-8, 20]. φ peaks at w = k/λ (φ ≤ 1.24 at the defaults) and is
      detached: ∇ℓ = −φ_i·A·∇lp_θ. A = 0 takes (k_pos, λ_pos) (A ≥ 0, where SAPO uses A > 0), as TRL.
      As TRL, λ is clamped to ≥ 1e-4 and a φ that overflows (k·log(k/λ) − k + λ > 88 in fp32) counts 0.
-     With a sampler correction (ALGORITHMS.md §5) TRL adds Σ_t log w_IS into log w_i instead of weighting
-     ℓ; policy_loss has no sampler correction yet, so neither path exists here.
+     With a sampler correction (ALGORITHMS.md §5, grpo.correction) the token weights enter log w_i, as TRL's
+     get_gamma_weights: Σ_t m·clip(log w_IS, log 1e-8, 20) is added before the clip of the sum, instead of
+     weighting ℓ. A masked token (w_IS = 0, log = −inf) counts log 1e-8 ≈ −18.4, as TRL. TRL sums over
+     every column; its padding weight is that of a zero difference, 1 (log 0) unless 1 ∉ [C_min, C_max].
+     Token weights only (TRL refuses the sequence modes for vespo; so does policy_loss).
 [D4] The off-policy mask reads the sampler's log-probs lp_s when the caller has them, else lp_old (TRL
      likewise). Our trainer passes lp_old: at μ = 1 lp_old = sg[lp_θ], the mean is 0 and the mask keeps
      every sequence; from the second pass it drops negative-advantage sequences the updates moved away
@@ -98,15 +103,20 @@ def sapo_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, *, temperature
 
 @torch.no_grad()
 def vespo_weight(log_ratio: torch.Tensor, completion_mask: torch.Tensor, advantages: torch.Tensor, *,
-                 k_pos: float, lambda_pos: float, k_neg: float, lambda_neg: float) -> torch.Tensor:
+                 k_pos: float, lambda_pos: float, k_neg: float, lambda_neg: float,
+                 log_sampler_weight: torch.Tensor | None = None) -> torch.Tensor:
     """φ_i = exp(λ + k·log w_i − λ·w_i), log w_i = clip(Σ_t m·clip(lp_θ − lp_old, ±20), log 1e-8, 20) [D3].
 
     (k, λ) = (k_pos, λ_pos) where A_i ≥ 0, else (k_neg, λ_neg). Detached (VESPO, arXiv 2602.10693).
-    Args: log_ratio (N, T) lp_θ − lp_old, finite; completion_mask (N, T) bool; advantages (N, 1).
+    Args: log_ratio (N, T) lp_θ − lp_old, finite; completion_mask (N, T) bool; advantages (N, 1);
+    log_sampler_weight (N, T) log w_IS of the sampler correction, −inf allowed, or None: adds
+    Σ_t m·clip(log w_IS, log 1e-8, 20) to the sum before its clip [D3].
     Returns: (N, 1) φ_i.
     """
     token = log_ratio.clamp(-VESPO_TOKEN_LOG_RATIO_MAX, VESPO_TOKEN_LOG_RATIO_MAX)  # (N, T)
-    log_w = torch.where(completion_mask, token, 0.0).sum(-1, keepdim=True)  # (N, 1) log Π_t ρ_t
+    if log_sampler_weight is not None:  # log(π_θ/π_old) + log(π_old/π_sampler), TRL's get_gamma_weights [D3]
+        token = token + log_sampler_weight.clamp(VESPO_LOG_W_MIN, VESPO_LOG_W_MAX)  # (N, T)
+    log_w = torch.where(completion_mask, token, 0.0).sum(-1, keepdim=True)  # (N, 1) log Π_t ρ_t (· w_IS)
     log_w = log_w.clamp(VESPO_LOG_W_MIN, VESPO_LOG_W_MAX)  # (N, 1)
     positive = advantages >= 0  # (N, 1)
     k = torch.where(positive, advantages.new_tensor(k_pos), advantages.new_tensor(k_neg))  # (N, 1)

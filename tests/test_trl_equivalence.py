@@ -14,8 +14,19 @@ Inputs are float64 so the comparison measures the formulas, not rounding (TOL[fl
 Every loss_type TRL 1.16 has (grpo, dapo, dr_grpo, bnpo, luspo, cispo, sapo, vespo, ALGORITHMS.md §2b), the
 off-policy sequence mask and the ratio-weighted KL are compared, each with its TRL settings translated to
 ours key for key (`our_options`). Skipped when TRL (the optional `bench` extra) is not installed.
+
+The sampler correction (ALGORITHMS.md §5, TRL's `vllm_importance_sampling_*`): TRL's compute_loss reads
+`inputs["importance_sampling_ratio"]` only when `trainer.use_vllm` is True, and GRPOTrainer(use_vllm=True)
+starts a vLLM engine (not installed here), so the trainer is built without it and `use_vllm` is set on the
+instance for the call, then restored. TRL computes the ratio and its metrics inline in
+`_generate_and_score_completions`; those lines are cut from TRL's source and run on our tensors
+(`trl_sampler_lines`), so our `sampler_weights` and `mismatch_stats` are compared with TRL's own code.
 """
+import collections
+import inspect
 import math
+import textwrap
+import types
 
 import pytest
 import torch
@@ -24,6 +35,7 @@ from conftest import TOL
 trl = pytest.importorskip("trl", reason="TRL is not installed (optional extra: pip install -e .[bench])")
 datasets = pytest.importorskip("datasets", reason="TRL needs the datasets package")
 
+from grpo.correction import IS_MODES, mismatch_stats, sampler_weights  # noqa: E402
 from grpo.loss import policy_loss  # noqa: E402
 from grpo.models import named_model_path  # noqa: E402
 from kernels import top_k_entropy_mask  # noqa: E402
@@ -77,8 +89,20 @@ def make_batch(seed=0):
         adv=torch.randn(N, generator=g, dtype=DTYPE))
 
 
-def trl_losses(trainer, b, *, micro_batches, with_old=True, with_ref=False, with_sampling=False):
-    """TRL's loss of each micro-batch, and d(Σ losses)/d(logp, entropy)."""
+def trl_losses(trainer, b, *, micro_batches, with_old=True, with_ref=False, with_sampling=False,
+               importance_sampling_ratio=None):
+    """TRL's loss of each micro-batch, and d(Σ losses)/d(logp, entropy).
+
+    importance_sampling_ratio: (N, T) or (N, 1) sampler weights, passed as TRL's vLLM path would (use_vllm is
+    switched on for the call only: the trainer is cached and shared)."""
+    if importance_sampling_ratio is not None:
+        assert trainer.vllm_importance_sampling_correction  # GRPOConfig's default
+        trainer.use_vllm = True
+        try:
+            return trl_losses(trainer, {**b, "is_ratio": importance_sampling_ratio}, micro_batches=micro_batches,
+                              with_old=with_old, with_ref=with_ref, with_sampling=with_sampling)
+        finally:
+            trainer.use_vllm = False
     trainer._metrics["train"].clear()
     logp = b["logp"].clone().requires_grad_()
     entropy = b["entropy"].clone().requires_grad_()
@@ -98,13 +122,16 @@ def trl_losses(trainer, b, *, micro_batches, with_old=True, with_ref=False, with
             inputs["ref_per_token_logps"] = b["ref"][sl]
         if with_sampling:  # the sampler's log-probs (TRL: vLLM's), read by the off-policy mask
             inputs["sampling_per_token_logps"] = b["sampling"][sl]
+        if "is_ratio" in b:  # TRL: output["importance_sampling_ratio"] of _generate_and_score_completions
+            inputs["importance_sampling_ratio"] = b["is_ratio"][sl]
         losses.append(trainer.compute_loss(trainer.model, inputs))
     torch.stack(losses).sum().backward()
     return torch.stack(losses).detach(), logp.grad, entropy.grad
 
 
 def our_losses(b, *, micro_batches, loss_type, level="token", delta=None, with_old=True, beta=0.0,
-               entropy_coef=0.0, token_mask=None, eps_high=EPS_HIGH, with_sampling=False, stats=None, **options):
+               entropy_coef=0.0, token_mask=None, eps_high=EPS_HIGH, with_sampling=False, stats=None,
+               sampler_weight=None, **options):
     """Our policy_loss on the same micro-batches (the trainer's call, grpo/trainer.py _update).
 
     options: the surrogate settings and the off-policy mask / KL options (`our_options`); `stats`, a list, receives
@@ -122,7 +149,8 @@ def our_losses(b, *, micro_batches, loss_type, level="token", delta=None, with_o
             ref_logp=b["ref"][sl] if beta else None, beta=beta, entropy=entropy[sl], entropy_coef=entropy_coef,
             token_mask=None if token_mask is None else token_mask[sl], num_sequences=N,
             num_tokens=b["mask"].sum(), num_selected_tokens=num_selected, max_completion_length=L,
-            sampling_logp=b["sampling"][sl] if with_sampling else None, **options)
+            sampling_logp=b["sampling"][sl] if with_sampling else None,
+            sampler_weight=None if sampler_weight is None else sampler_weight[sl], **options)
         losses.append(loss)
         if stats is not None:
             stats.append(st)
@@ -343,3 +371,84 @@ def test_entropy_bonus_differs_from_trl_only_when_micro_batches_hold_different_t
     b["mask"][N // 2:] = b["mask"][:N // 2]  # now both halves hold the same number of tokens
     assert_same(our_losses(b, micro_batches=2, loss_type="dapo", entropy_coef=0.5, with_old=False),
                 trl_losses(trainer, b, micro_batches=2, with_old=False))
+
+
+# ------------------------------------------------------------------ the sampler correction (ALGORITHMS.md §5)
+IS_BOUNDS = (0.7, 2.0)  # (C_min, C_max): both bounds act on sampler_batch's weights
+
+
+def sampler_batch(seed):
+    """make_batch with the sampler's log-probs: 0.5 nats from lp_old, one unscored token, garbage on padding."""
+    b = make_batch(seed)
+    g = torch.Generator().manual_seed(200 + seed)
+    b["sampling"] = b["old"] + torch.randn(N, T, generator=g, dtype=DTYPE) * 0.5
+    b["sampling"][2, 0] = float("nan")  # a token the sampler could not score
+    b["sampling"][1] = float("inf")  # the empty row's padding
+    b["sampling"][3, 6] = float("nan")  # padding
+    return b
+
+
+def trl_sampler_lines(trainer, b, *, mode, clip_min, clip_max):
+    """TRL 1.16's own lines for the IS ratio and its metrics, cut from _generate_and_score_completions and run on
+    b (one process: accelerator.gather is the identity). Returns (ratio, {metric name: value})."""
+    source = inspect.getsource(trl.GRPOTrainer._generate_and_score_completions)
+    start = source.index("            # Compute the importance sampling ratio when using vLLM")
+    ratio_code = source[start:source.index("# Compute the per-token log probabilities for the reference", start)]
+    start = source.index("        if self.use_vllm and self.vllm_importance_sampling_correction:\n            delta")
+    metrics_code = source[start:source.index("        output = {", start)]
+    trainer_self = types.SimpleNamespace(
+        use_vllm=True, vllm_importance_sampling_correction=True, vllm_importance_sampling_mode=mode,
+        vllm_importance_sampling_clip_min=clip_min, vllm_importance_sampling_clip_max=clip_max,
+        accelerator=trainer.accelerator, _metrics={"train": collections.defaultdict(list)})
+    namespace = dict(vars(inspect.getmodule(trl.GRPOTrainer)))  # torch, math, nanmin, nanmax as TRL imports them
+    namespace.update(self=trainer_self, completion_mask=b["mask"].long(), tool_mask=None, mode="train",
+                     old_per_token_logps=b["old"], sampling_per_token_logps=b["sampling"], device="cpu")
+    exec(textwrap.dedent(ratio_code), namespace)
+    exec(textwrap.dedent(metrics_code), namespace)
+    return namespace["vllm_importance_sampling_ratio"], {k: v[0] for k, v in trainer_self._metrics["train"].items()}
+
+
+@pytest.mark.parametrize("mode", IS_MODES)
+@pytest.mark.parametrize("clip_min,clip_max", [(None, 3.0), IS_BOUNDS, (0.8, None)])
+def test_sampler_weights_and_stats_equal_trls_own_lines(make_trl, mode, clip_min, clip_max):
+    """TRL's ratio element for element, padding included; its metrics from our stats. Documented difference
+    [correction C6]: TRL's sequence-mode min/mean/max also count the empty row (row 1) at its weight exp(0)."""
+    b = sampler_batch(seed=11)
+    theirs, metrics = trl_sampler_lines(make_trl(2, loss_type="dapo"), b, mode=mode, clip_min=clip_min,
+                                        clip_max=clip_max)
+    ours = sampler_weights(b["old"], b["sampling"], b["mask"], mode=mode, clip_min=clip_min, clip_max=clip_max)
+    torch.testing.assert_close(ours, theirs, **TOL[DTYPE])
+    st = {k: float(v) for k, v in mismatch_stats(b["old"], b["sampling"], b["mask"], ours, mode=mode).items()}
+    got = {"sampling/sampling_logp_difference/mean": st["logp_diff_sum"] / st["logp_diff_count"],
+           "sampling/sampling_logp_difference/max": st["logp_diff_max"],
+           "sampling/importance_sampling_ratio/min": st["weight_min"],
+           "sampling/importance_sampling_ratio/mean": st["weight_sum"] / st["weight_count"],
+           "sampling/importance_sampling_ratio/max": st["weight_max"]}
+    if mode.startswith("sequence"):  # add TRL's empty row back
+        empty = float(ours[1, 0])
+        assert not b["mask"][1].any() and st["weight_count"] == N - 1
+        got["sampling/importance_sampling_ratio/min"] = min(st["weight_min"], empty)
+        got["sampling/importance_sampling_ratio/mean"] = (st["weight_sum"] + empty) / N
+        got["sampling/importance_sampling_ratio/max"] = max(st["weight_max"], empty)
+    assert got.keys() == metrics.keys()
+    for name, value in got.items():
+        assert math.isclose(value, metrics[name], rel_tol=1e-12), (name, value, metrics[name])
+
+
+IS_CASES = [(lt, lvl, mode) for lt, lvl in CASES for mode in IS_MODES
+            if not (lt == "vespo" and mode.startswith("sequence"))]  # TRL refuses those too
+
+
+@pytest.mark.parametrize("loss_type,level,mode", IS_CASES)
+def test_loss_and_gradient_equal_trl_with_the_sampler_correction_and_kl(make_trl, loss_type, level, mode):
+    """ℓ ← w·ℓ before the KL is added (vespo: log w inside φ), β = 0.04, two micro-batches."""
+    b = sampler_batch(seed=11)
+    raw = sampler_weights(b["old"], b["sampling"], b["mask"], mode=mode.split("_")[0] + "_mask", clip_max=None)
+    rows = b["mask"] if mode.startswith("token") else b["mask"].any(-1, keepdim=True)  # where w acts
+    assert (raw[rows] < IS_BOUNDS[0]).any() and (raw[rows] > IS_BOUNDS[1]).any()  # both bounds act
+    w = sampler_weights(b["old"], b["sampling"], b["mask"], mode=mode, clip_min=IS_BOUNDS[0], clip_max=IS_BOUNDS[1])
+    config = trl_settings(loss_type, level, beta=BETA, use_bias_correction_kl=False)
+    ours = our_losses(b, micro_batches=2, sampler_weight=w, **our_options(config))
+    assert_same(ours, trl_losses(make_trl(2, **config), b, micro_batches=2, with_ref=True,
+                                 importance_sampling_ratio=w))
+    assert not torch.allclose(ours[1], our_losses(b, micro_batches=2, **our_options(config))[1])  # w matters
