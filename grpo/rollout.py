@@ -74,6 +74,7 @@ class Rollout:
     logp: torch.Tensor
     entropy: torch.Tensor
     completions: list[str]
+    sampler: str = "hf"  # "vllm": logp is vLLM's and entropy not recorded (zeros) (grpo.vllm_engine [V3])
 
     @property
     def lengths(self) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Names follow TRL's GRPOConfig where the concept is the same (num_generations, epsilon, epsilon_high,
 beta, loss_type, scale_rewards, num_iterations, top_entropy_quantile, mask_truncated_completions,
 importance_sampling_level, delta, sapo_temperature_*, vespo_k_*, vespo_lambda_*, off_policy_mask_threshold,
-use_bias_correction_kl), so a TRL config translates key for key.
+use_bias_correction_kl, use_vllm and the vllm_* settings), so a TRL config translates key for key.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from grpo.models import ModelSettings
 from grpo.optim import OptimSettings
 from grpo.run import RunSettings
 from grpo.tasks import PRESET_OF_TASK
+from grpo.vllm_engine import VLLMSettings
 
 
 def check_sampling(settings) -> None:
@@ -98,7 +99,7 @@ class TaskSettings(PromptSettings, ModelSettings):
 
 
 @dataclass
-class GRPOSettings(RunSettings, OptimSettings, TaskSettings):
+class GRPOSettings(RunSettings, OptimSettings, VLLMSettings, TaskSettings):
     dataset_limit: Optional[int] = None
     """use only the first N rows of the dataset"""
     # --- sampling

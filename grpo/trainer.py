@@ -29,9 +29,15 @@ One *step* is one generation batch: B prompts (split over ranks) × G completion
 [D10] Prompts longer than `max_prompt_length` (default: the model's positions − L) are cut from the left
      when sampled, as TRL does, or their rows are dropped before the first step (`prompt_overflow`);
      counted in `prompts/truncated` (grpo.data.prompts). A 100 KB question no longer reaches the model.
-[D11] The off-policy sequence mask (off_policy_mask_threshold) compares lp_old with lp_θ: we have no
-     separate sampler log-probs in the loss yet (ALGORITHMS.md §5), so at μ = 1, where lp_old = sg[lp_θ],
-     it keeps every sequence; it acts from the second pass on (grpo.surrogates [D4]).
+[D11] The off-policy sequence mask (off_policy_mask_threshold) compares the sampler's log-probs with lp_θ:
+     with vLLM sampling those are vLLM's (TRL likewise); on the HF path they are lp_old, so at μ = 1, where
+     lp_old = sg[lp_θ], it keeps every sequence and acts from the second pass on (grpo.surrogates [D4]).
+[D12] With vLLM as the sampler (grpo.vllm_engine) the trainer always computes lp_old itself (a no-grad
+     forward, even at μ = 1: vLLM's log-probs are not the trainer's), the entropies for forking tokens and
+     the metrics come from that forward (vLLM gives none), and with vllm_importance_sampling_correction
+     each token's surrogate is weighted by sg[w(lp_old − lp_vllm)] (grpo.correction, ALGORITHMS.md §5).
+     The trainer's weights reach vLLM before every sampling that follows an optimiser step, and before
+     the first (an adapter, a resumed checkpoint or rank 0's broadcast differ from the files vLLM loaded).
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ from typing import Any
 
 import torch
 
+from grpo import correction
 from grpo import distributed as dd
 from grpo.config import UserError
 from grpo.data.prompts import limit_prompts, truncate_prompts_left
@@ -51,7 +58,7 @@ from grpo.loss import policy_loss
 from grpo.models import autocast
 from grpo.optim import GuardedStep
 from grpo.policy import completion_logprobs, reference_policy
-from grpo.rollout import Rollout, Sampling, encode_prompts, sample_group
+from grpo.rollout import Rollout, Sampling, encode_prompts, eos_token_ids, sample_group
 from grpo.sharding import policy_module, sampling_context
 from grpo.tasks import task_rewards
 from kernels import top_k_entropy_mask
@@ -122,8 +129,11 @@ def score_completions(task, rows: list[dict[str, Any]], rollout: Rollout, *, G: 
 class GRPOTrainer:
     """Holds the model, optimiser and settings; `step()` runs one generation batch end to end."""
 
-    def __init__(self, cfg, model, tokenizer, task, optimizer, scheduler, *, ref_model=None):
+    def __init__(self, cfg, model, tokenizer, task, optimizer, scheduler, *, ref_model=None, engine=None):
         self.cfg, self.model, self.tok, self.task = cfg, model, tokenizer, task
+        self.engine = engine  # grpo.vllm_engine.VLLMEngine, or None: Hugging Face generate [D12]
+        self.engine_stale = True  # the trainer's weights differ from the engine's [D12]
+        self.sync_seconds = 0.0  # this step's weight syncs
         self.optimizer, self.scheduler, self.ref_model = optimizer, scheduler, ref_model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.rank, self.world = dd.rank(), dd.world_size()
@@ -157,6 +167,14 @@ class GRPOTrainer:
         prompt_ids, prompt_mask, cut = truncate_prompts_left(prompt_ids, prompt_mask,
                                                              max_prompt_length=self.max_prompt_length)  # [D10]
         self.truncated_prompts += int(cut.sum())
+        if self.engine is not None:  # [D12]
+            if self.engine_stale:
+                self.sync_seconds += self.engine.sync(self.model)
+                self.engine_stale = False
+            seed = int(torch.randint(0, 2**31 - 1, ()))  # from the checkpointed generator (grpo.vllm_engine [V6])
+            return rows, self.engine.sample(self.tok, prompt_ids, prompt_mask, G=self.cfg.num_generations,
+                                            sampling=self.sampling, seed=seed,
+                                            eos_ids=eos_token_ids(self.model, self.tok))
         with autocast(self.device, self.cfg.bf16), sampling_context(self.model):  # (grpo.sharding [S3])
             return rows, sample_group(self.model, self.tok, prompt_ids, prompt_mask, G=self.cfg.num_generations,
                                       sampling=self.sampling)
@@ -245,7 +263,19 @@ class GRPOTrainer:
         num_with_tokens = dd.all_reduce_sum(loss_mask.any(-1).sum().float())  # weight of per-sequence stats
         model = self.model
         self.model.train()
-        old_logp = self._no_grad_pass(model, r, slices)[0] if cfg.num_iterations > 1 else None  # [D1]
+        from_engine = r.sampler != "hf"  # [D12]
+        old_logp = None
+        if cfg.num_iterations > 1 or from_engine:  # [D1] [D12]
+            old_logp, old_entropy = self._no_grad_pass(model, r, slices)
+        sampler_weight, sampler_stats = None, {}
+        if from_engine:
+            r.entropy = old_entropy * r.completion_mask  # vLLM records none [D12]
+            weight = correction.sampler_weights(
+                old_logp, r.logp, r.completion_mask, mode=cfg.vllm_importance_sampling_mode,
+                clip_min=cfg.vllm_importance_sampling_clip_min, clip_max=cfg.vllm_importance_sampling_clip_max)
+            sampler_stats = mismatch_metrics(old_logp, r.logp, r.completion_mask, weight,
+                                             mode=cfg.vllm_importance_sampling_mode)  # logged with or without
+            sampler_weight = weight if cfg.vllm_importance_sampling_correction else None
         ref_logp = None
         if cfg.beta > 0:
             with reference_policy(model, self.ref_model) as ref:
@@ -268,7 +298,9 @@ class GRPOTrainer:
                     sapo_temperature=(cfg.sapo_temperature_pos, cfg.sapo_temperature_neg),
                     vespo_k=(cfg.vespo_k_pos, cfg.vespo_k_neg),
                     vespo_lambda=(cfg.vespo_lambda_pos, cfg.vespo_lambda_neg),
-                    off_policy_mask_threshold=cfg.off_policy_mask_threshold,  # lp_old as lp_s [D11]
+                    off_policy_mask_threshold=cfg.off_policy_mask_threshold,  # [D11]
+                    sampling_logp=r.logp[sl] if from_engine else None,
+                    sampler_weight=sampler_weight[sl] if sampler_weight is not None else None,  # [D12]
                     ref_logp=ref_logp[sl] if ref_logp is not None else None, beta=cfg.beta,
                     use_bias_correction_kl=cfg.use_bias_correction_kl,
                     entropy=entropy, entropy_coef=cfg.entropy_coef,
@@ -292,14 +324,19 @@ class GRPOTrainer:
         out = {k: sum(v) / (1 if k in ("grad_norm", "skipped_steps") else cfg.num_iterations) for k, v in stats.items()}
         out["num_tokens"] = float(num_tokens)
         out["num_sequences_trained"] = float(num_sequences)
+        out.update(sampler_stats)
         return out
 
     # one step ------------------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
-        self.truncated_prompts = 0
+        self.truncated_prompts, self.sync_seconds = 0, 0.0
         batch, timing = self._collect()
+        if self.engine is not None:
+            timing["time/generate"] -= self.sync_seconds
+            timing["time/sync_weights"] = self.sync_seconds
         t0 = time.perf_counter()
         update = self._update(batch)
+        self.engine_stale = True  # [D12]
         timing["time/update"] = time.perf_counter() - t0
         update["prompts/truncated"] = float(dd.all_reduce_sum(torch.tensor(float(self.truncated_prompts))
                                                               .to(self.device)))
@@ -312,6 +349,22 @@ STAT_WEIGHTS = {"kl": "tokens", "entropy": "tokens", "ratio_mean": "tokens", "cl
                 "vespo_phi_seq_mean": "sequences", "off_policy_masked": "sequences"}
 METRIC_NAMES = {"vespo_phi_seq_mean": "vespo/phi_seq_mean",  # TRL's name
                 "off_policy_masked": "off_policy_masked_frac"}
+
+
+def mismatch_metrics(old_logp: torch.Tensor, sampling_logp: torch.Tensor, completion_mask: torch.Tensor,
+                     weight: torch.Tensor, *, mode: str) -> dict[str, float]:
+    """TRL's sampler–trainer metrics over the whole batch of every rank (grpo.correction [C6]) [D12]."""
+    st = correction.mismatch_stats(old_logp, sampling_logp, completion_mask, weight, mode=mode)
+    sums = dd.all_reduce_sum(torch.stack([st["logp_diff_sum"], st["logp_diff_count"], st["weight_sum"],
+                                          st["weight_count"]]).double())
+    extremes = dd.all_gather_rows(torch.stack([st["logp_diff_max"], -st["weight_min"], st["weight_max"]])
+                                  .double()[None]).amax(0)  # [3] max over ranks (min as −max of −)
+    empty_w = float(sums[3]) == 0  # TRL logs 0 where nothing was counted
+    return {"sampling/sampling_logp_difference/mean": float(sums[0] / sums[1].clamp(min=1)),
+            "sampling/sampling_logp_difference/max": float(extremes[0]),
+            "sampling/importance_sampling_ratio/min": 0.0 if empty_w else float(-extremes[1]),
+            "sampling/importance_sampling_ratio/mean": float(sums[2] / sums[3].clamp(min=1)),
+            "sampling/importance_sampling_ratio/max": float(extremes[2])}
 
 
 def _accumulate(stats: dict[str, list[float]], name: str, value: float, weight: float) -> None:

@@ -5,6 +5,7 @@ Run (README table: the first command; `--help` lists every setting):
     python scripts/bench_grpo_step.py --model tiny-llama --steps 3 --out ''      # quick check, print only
     python scripts/bench_grpo_step.py --frameworks ours --max-completion-length 128
     python scripts/bench_grpo_step.py --profile      # + one torch.profiler step per framework: top operators
+    .venv-vllm/bin/python scripts/bench_grpo_step.py --use-vllm true   # HF sampling vs vLLM sampling (ours, ours-vllm)
 
 Steps:
  1. Each framework runs in its own worker subprocess (`--_worker ours|trl`), so peak RSS is its own. Both build
@@ -26,6 +27,11 @@ Steps:
  5. Markdown table on stdout; <out>.md, <out>.csv (a row per framework, with versions and the command) and
     <out>.json (settings, versions, command, load averages, every step record) under docs/.
 
+--use-vllm true (in the vLLM venv, README "vLLM") runs our trainer twice side by side: `ours` samples with
+Hugging Face generate, `ours-vllm` with a colocated vLLM engine (grpo.vllm_engine), both from the same seed,
+weights and prompts. The engine's start-up is measured once, outside the steps (engine_start_s); each step's
+weight sync is part of its time (sync_s), and its update includes the old-log-prob forward vLLM sampling needs.
+
 Token counts: both sample with EOS on (as in training), so lengths differ from step to step. tokens/s
 (completion tokens generated ÷ step seconds) is the length-independent speed; s/step is the latency at the
 lengths actually sampled (mean length in the table).
@@ -41,6 +47,8 @@ Glossary (memory: Linux VmHWM, see PeakRSS; all steps, warm-up included):
     gen_peak_mb             high-water mark within sampling + reward of step 1 (later steps start from the
                             heap the allocator kept after an update, so only step 1 isolates sampling)
     update_peak_mb          high-water mark within the update
+    engine_start_s          ours-vllm: seconds to start the vLLM engine (once per run, not in any step)
+    sync_s                  ours-vllm: median seconds pushing the trainer's weights into vLLM per step
     load1                   mean 1-minute load average during the steps (2 cores: > 2 means others ran too)
 """
 from __future__ import annotations
@@ -67,6 +75,7 @@ from grpo.measure import PeakRSS, package_versions, proc_status_mb  # noqa: E402
 from grpo.models import use_bf16  # noqa: E402
 from grpo.run import markdown_table, write_report  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
+from grpo.vllm_engine import vllm_installed  # noqa: E402
 
 
 @dataclass
@@ -80,7 +89,7 @@ class BenchSettings(GRPOSettings):
     warmup: int = 1
     """untimed steps run first (lazy initialisation, torch.compile)"""
     frameworks: list[str] = field(default_factory=lambda: ["ours", "trl"])
-    """which trainers to run: ours, trl"""
+    """which trainers to run: ours, trl, ours-vllm (ours sampling with vLLM); --use-vllm true: ours, ours-vllm"""
     schedule: Literal["interleaved", "sequential"] = "interleaved"
     """interleaved: one step of each in turn (ABBA); sequential: all steps of one, then the other"""
     threads: int = 1
@@ -96,8 +105,13 @@ class BenchSettings(GRPOSettings):
         at_least(self, "steps", 1)
         at_least(self, "warmup", 0)
         at_least(self, "threads", 0, why="0 = torch's default")
-        require(self, "frameworks", bool(self.frameworks) and set(self.frameworks) <= {"ours", "trl"},
-                "must be a non-empty subset of ours, trl")
+        if self.use_vllm and self.frameworks == ["ours", "trl"]:  # the default: compare the two samplers
+            self.frameworks = ["ours", "ours-vllm"]
+        require(self, "frameworks", bool(self.frameworks) and set(self.frameworks) <= {"ours", "trl", "ours-vllm"},
+                "must be a non-empty subset of ours, trl, ours-vllm")
+        require(self, "frameworks", "ours-vllm" not in self.frameworks or vllm_installed(),
+                f"ours-vllm needs vLLM, not installed in this Python ({sys.executable}); run the benchmark with "
+                ".venv-vllm/bin/python (VLLM=1 bash scripts/setup_env.sh)")
         if "trl" in self.frameworks:
             for key, value in NOT_IN_TRL.items():
                 require(self, key, getattr(self, key) == value, f"must be {value!r} with trl (no counterpart in TRL)")
@@ -176,14 +190,24 @@ def _build_common(s: BenchSettings):
     return task, model, tok, h.hexdigest()[:12]
 
 
-def _ours_worker(s: BenchSettings, emit, commands) -> None:
+def _ours_worker(s: BenchSettings, emit, commands, *, use_vllm: bool = False) -> None:
     from grpo.trainer import GRPOTrainer
 
+    s.use_vllm = use_vllm  # the framework decides (ours: HF generate; ours-vllm: vLLM)
     task, model, tok, weights = _build_common(s)
     total = _run_steps(s)
     params = [p for p in model.parameters() if p.requires_grad]
     opt, sched = s.make_optimizer(params, total_steps=total)
-    trainer = GRPOTrainer(s, model, tok, task, opt, sched)
+    engine, started = None, {}
+    if use_vllm:
+        from grpo.models import resolve_model_path
+        from grpo.vllm_engine import VLLMEngine, model_dtype
+
+        engine = VLLMEngine.start(s, resolve_model_path(s.model, cache_dir=s.model_cache_dir or None),
+                                  dtype=model_dtype(s.dtype, bf16=use_bf16(next(model.parameters()).device, s.bf16)),
+                                  seed=s.seed)
+        started = {"engine_start_s": engine.start_seconds}
+    trainer = GRPOTrainer(s, model, tok, task, opt, sched, engine=engine)
     seen: dict[str, str] = {}
     sample = trainer._sample
 
@@ -197,7 +221,7 @@ def _ours_worker(s: BenchSettings, emit, commands) -> None:
     trainer._update = _phase(trainer._update, "update_peak_mb", seen)
     N = s.prompts_per_step * s.num_generations
     PEAK.begin_steps()
-    emit({"ready": True, "weights": weights, "rss_mb": proc_status_mb("VmRSS")})
+    emit({"ready": True, "weights": weights, "rss_mb": proc_status_mb("VmRSS"), **started})
     for i in range(total):
         commands()
         profiler = _Profiler() if s.profile and i == total - 1 else None
@@ -210,6 +234,7 @@ def _ours_worker(s: BenchSettings, emit, commands) -> None:
         seconds = time.perf_counter() - t0
         emit({**({"profile": profiler.table()} if profiler else {}),
               "seconds": seconds, "tokens": m["completion_length"] * N, "reward": m["reward"], "gen_s": m["time/generate"], "score_s": m["time/score"], "update_s": m["time/update"],
+              "sync_s": m.get("time/sync_weights", 0.0),
               "len": m["completion_length"], "truncated_frac": m["truncated_frac"], "prompts": seen["prompts"],
               "gen_peak_mb": seen["gen_peak_mb"], "update_peak_mb": seen["update_peak_mb"],
               "rss_mb": proc_status_mb("VmRSS"), "load1": os.getloadavg()[0]})
@@ -341,7 +366,10 @@ def worker_main(name: str, settings_json: str) -> None:
             sys.exit(0)
 
     s = settings_from_dict(BenchSettings, json.loads(settings_json))
-    (_ours_worker if name == "ours" else _trl_worker)(s, emit, commands)
+    if name == "trl":
+        _trl_worker(s, emit, commands)
+    else:
+        _ours_worker(s, emit, commands, use_vllm=name == "ours-vllm")
     if sys.stdin.readline().strip() == "exit":
         emit(PEAK.final())
 
@@ -405,8 +433,10 @@ def run(s: BenchSettings) -> dict[str, Any]:
     for w in workers.values():
         w.proc.wait()
     shutil.rmtree(log_dir, ignore_errors=True)
-    return {"records": records, "profiles": profiles,
-            "summary": {n: summarise(n, records, finals[n]) for n in names}}
+    summary = {n: summarise(n, records, finals[n]) for n in names}
+    for n in names:
+        summary[n]["engine_start_s"] = ready[n].get("engine_start_s", 0.0)
+    return {"records": records, "profiles": profiles, "summary": summary}
 
 
 def summarise(name: str, records: list[dict], final: dict) -> dict[str, Any]:
@@ -416,14 +446,15 @@ def summarise(name: str, records: list[dict], final: dict) -> dict[str, Any]:
     return {"framework": name, "steps": len(rs), "s_step": med("seconds"),
             "s_min": min(r["seconds"] for r in rs), "s_max": max(r["seconds"] for r in rs),
             "tokens_s": statistics.median(r["tokens"] / r["seconds"] for r in rs), "gen_s": med("gen_s"),
-            "score_s": med("score_s"), "update_s": med("update_s"), "len": statistics.mean(r["len"] for r in rs),
+            "score_s": med("score_s"), "update_s": med("update_s"), "sync_s": med("sync_s"), "len": statistics.mean(r["len"] for r in rs),
             "gen_peak_mb": every[0]["gen_peak_mb"], "update_peak_mb": max(r["update_peak_mb"] for r in every),
             "peak_rss_mb": final["peak_rss_mb"], "steps_peak_rss_mb": final["steps_peak_rss_mb"],
             "load1": statistics.mean(r["load1"] for r in rs)}
 
 
 COLUMNS = [("framework", "{}"), ("steps", "{}"), ("s_step", "{:.2f}"), ("s_min", "{:.2f}"), ("s_max", "{:.2f}"),
-           ("tokens_s", "{:.1f}"), ("gen_s", "{:.2f}"), ("score_s", "{:.3f}"), ("update_s", "{:.2f}"),
+           ("tokens_s", "{:.1f}"), ("gen_s", "{:.2f}"), ("sync_s", "{:.2f}"), ("score_s", "{:.3f}"),
+           ("update_s", "{:.2f}"), ("engine_start_s", "{:.1f}"),
            ("len", "{:.1f}"), ("peak_rss_mb", "{:.0f}"), ("steps_peak_rss_mb", "{:.0f}"), ("gen_peak_mb", "{:.0f}"),
            ("update_peak_mb", "{:.0f}"), ("load1", "{:.2f}")]
 
@@ -435,6 +466,14 @@ def markdown(summary: dict[str, dict], title: str) -> str:
         lines += ["", f"ours ÷ TRL: time per step {o['s_step'] / t['s_step']:.2f}× (target ≤ 0.6), tokens/s "
                       f"{o['tokens_s'] / t['tokens_s']:.2f}×, peak RSS {o['peak_rss_mb'] / t['peak_rss_mb']:.2f}× "
                       f"(target ≤ 0.8), peak RSS during steps {o['steps_peak_rss_mb'] / t['steps_peak_rss_mb']:.2f}×"]
+    if {"ours", "ours-vllm"} <= set(summary):
+        o, v = summary["ours"], summary["ours-vllm"]
+        saved = o["s_step"] - v["s_step"]
+        payback = (f"the engine's start ({v['engine_start_s']:.0f} s) is paid back after "
+                   f"{math.ceil(v['engine_start_s'] / saved)} steps" if saved > 0 else "vLLM is not faster per step here")
+        lines += ["", f"vLLM ÷ HF sampling: time per step {v['s_step'] / o['s_step']:.2f}×, sampling "
+                      f"{(v['gen_s'] + v['sync_s']) / o['gen_s']:.2f}× (weight sync included), tokens/s "
+                      f"{v['tokens_s'] / o['tokens_s']:.2f}×; {payback}"]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """GPU acceptance check: the Triton kernel, its benchmark, the fused LM head, a GRPO step and DDP on CUDA.
 
 Run from the project's venv, offline, on a machine with one NVIDIA GPU (two for the last check):
-    .venv/bin/python scripts/gpu_check.py                    # all checks; their budgets add up to 7.7 min
+    .venv/bin/python scripts/gpu_check.py                    # all checks; their budgets add up to 12.7 min
     .venv/bin/python scripts/gpu_check.py --only kernels,lm_head         # rerun some checks
 Writes docs/gpu_check.json and docs/gpu_check.md (`--out` prefix): device, capability, versions, and per
 check its status (pass / fail / skip), reason, seconds against its budget and measured numbers. Exit
@@ -21,7 +21,10 @@ that passes but overruns it fails). Not yet run on a GPU: the budgets are estima
                         gradients against float64 on the bf16 values upcast, within TOL.
  4. grpo_step (120)     smollm2-135m + LoRA, bf16 autocast, B = 2 × G = 4, 64 new tokens: one warm-up step,
                         then one timed step; seconds per phase from its metrics, peak CUDA memory.
- 5. ddp (120)           with ≥ 2 GPUs: tests/test_ddp.py (2 ranks under torchrun, NCCL, same update as 1).
+ 5. vllm_step (300)     the grpo_step with vLLM sampling (bf16 engine, colocated; grpo.vllm_engine), when vLLM
+                        is installed in this Python: engine start, sync and phase seconds, and the logged
+                        sampler–trainer log-prob difference. Skipped without vLLM.
+ 6. ddp (120)           with ≥ 2 GPUs: tests/test_ddp.py (2 ranks under torchrun, NCCL, same update as 1).
 
 Numbers (JSON `checks[i].numbers`): *_err = max |ours − float64|; worst_err_over_tol = max of
 |ours − float64| / (atol + rtol·|float64|), ≤ 1 passes; GBps = bytes of logits / median time;
@@ -74,7 +77,7 @@ class Settings:
     out: str = "docs/gpu_check"
     """report prefix: writes <out>.json and <out>.md"""
     only: list[str] = field(default_factory=list)
-    """run only these checks (kernels, bench_entropy, lm_head, grpo_step, ddp); empty = all"""
+    """run only these checks (kernels, bench_entropy, lm_head, grpo_step, vllm_step, ddp); empty = all"""
 
     def validate(self) -> None:
         """Checked before anything runs (grpo.config [D9])."""
@@ -249,21 +252,32 @@ def check_bench_entropy() -> tuple[str, dict]:
             f"copy speed; {trl}", numbers)
 
 
-def grpo_step(model: str, device: str, *, max_completion_length: int = 64, cache_dir: str = "") -> dict:
-    """One warm-up and one timed GRPO step (bf16 autocast on CUDA); its phases' seconds and peak memory."""
+def grpo_step(model: str, device: str, *, max_completion_length: int = 64, cache_dir: str = "",
+              use_vllm: bool = False) -> dict:
+    """One warm-up and one timed GRPO step (bf16 autocast on CUDA); its phases' seconds and peak memory.
+    use_vllm: sample with a colocated vLLM engine (grpo.vllm_engine), its start time and the mismatch logged."""
     from grpo.models import load_model_from_settings
     from grpo.run import seed_everything
     from grpo.settings import GRPOSettings
     from grpo.trainer import GRPOTrainer
 
     s = GRPOSettings(model=model, device=device, bf16=True, prompts_per_step=2, num_generations=4,
-                     max_completion_length=max_completion_length, max_steps=2, model_cache_dir=cache_dir)
+                     max_completion_length=max_completion_length, max_steps=2, model_cache_dir=cache_dir,
+                     use_vllm=use_vllm, vllm_gpu_memory_utilization=0.2)
     seed_everything(s.seed)
     t0 = time.perf_counter()
     net, tok = load_model_from_settings(s)
     load_s = time.perf_counter() - t0
     opt, sched = s.make_optimizer([p for p in net.parameters() if p.requires_grad], total_steps=s.max_steps)
-    trainer = GRPOTrainer(s, net, tok, s.load_task(), opt, sched)
+    engine, started = None, {}
+    if use_vllm:
+        from grpo.models import resolve_model_path
+        from grpo.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine.start(s, resolve_model_path(model, cache_dir=cache_dir or None), dtype="bfloat16",
+                                  seed=s.seed)
+        started = {"engine_start_s": engine.start_seconds}
+    trainer = GRPOTrainer(s, net, tok, s.load_task(), opt, sched, engine=engine)
     t0 = time.perf_counter()
     trainer.step()  # warm-up: CUDA context, Triton compilation, allocator
     warmup_s = time.perf_counter() - t0
@@ -272,9 +286,11 @@ def grpo_step(model: str, device: str, *, max_completion_length: int = 64, cache
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     m = trainer.step()
-    numbers = {"load_s": load_s, "warmup_step_s": warmup_s, "step_s": time.perf_counter() - t0,
+    numbers = {"load_s": load_s, "warmup_step_s": warmup_s, "step_s": time.perf_counter() - t0, **started,
                **{k: m[k] for k in ("time/generate", "time/score", "time/update", "completion_length",
-                                    "tokens_per_second", "reward", "loss", "grad_norm")},
+                                    "tokens_per_second", "reward", "loss", "grad_norm", "time/sync_weights",
+                                    "sampling/sampling_logp_difference/mean", "sampling/sampling_logp_difference/max",
+                                    "sampling/importance_sampling_ratio/mean") if k in m},
                "peak_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
     bad = [k for k in ("loss", "grad_norm") if not torch.isfinite(torch.tensor(float(m[k])))]
     if bad:
@@ -302,11 +318,21 @@ def check_grpo_step() -> tuple[str, dict]:
     return f"one step in {n['step_s']:.1f} s, peak {n['peak_memory_mb']:.0f} MiB, finite loss and grad norm", n
 
 
+def check_vllm_step() -> tuple[str, dict]:
+    from grpo.vllm_engine import vllm_installed
+
+    if not vllm_installed():
+        raise SkipCheck(f"vLLM is not installed in {sys.executable} (README, vLLM: the CUDA wheel's venv)")
+    n = grpo_step("smollm2-135m", "cuda", use_vllm=True)
+    return (f"one step through vLLM in {n['step_s']:.1f} s (engine start {n['engine_start_s']:.0f} s), "
+            f"mean |lp_trainer − lp_vllm| {n['sampling/sampling_logp_difference/mean']:.2g}"), n
+
+
 CHECKS = {  # name: (check, budget in seconds); a check returns (reason, numbers) when it passes
     "kernels": (lambda: ("Triton lp, H and gradient within TOL on every case", run_kernel_cases("cuda")), 90),
     "bench_entropy": (check_bench_entropy, 100),
     "lm_head": (lambda: ("fused LM head within TOL under bf16 autocast", compare_lm_head("cuda")), 30),
-    "grpo_step": (check_grpo_step, 120), "ddp": (check_ddp, 120)}
+    "grpo_step": (check_grpo_step, 120), "vllm_step": (check_vllm_step, 300), "ddp": (check_ddp, 120)}
 
 
 # ------------------------------------------------------------------------------- run and report

@@ -61,7 +61,7 @@ from grpo import distributed as dd  # noqa: E402
 from grpo.config import UserError, cli_main, parse_settings  # noqa: E402
 from grpo.loop import train_steps  # noqa: E402
 from grpo.models import (add_reference_adapter, adapter_base_name, is_adapter,  # noqa: E402
-                         load_model_from_settings, materialise_named_model)
+                         load_model_from_settings, materialise_named_model, resolve_model_path, use_bf16)
 from grpo.plots import plot_reward_curve  # noqa: E402
 from grpo.run import run_folder, seed_everything  # noqa: E402
 from grpo.run_claim import MODEL_KEYS, check_run_folder, claim_run_folder  # noqa: E402
@@ -79,6 +79,19 @@ class TrainGRPOSettings(GRPOSettings):
 FROZEN_ON_RESUME = (*MODEL_KEYS, "base_model", "task", "dataset", "dataset_limit", "reward_funcs", "reward_weights",
                     "prompt_suffix", "system_prompt", "num_generations", "loss_type", "scale_rewards",
                     "importance_sampling_level", "beta", "seed", "max_prompt_length", "prompt_overflow")
+
+
+def start_engine(s: TrainGRPOSettings, model, model_name: str, *, rank: int):
+    """vLLM on the base checkpoint (the trainer's weights follow by sync; grpo.vllm_engine)."""
+    from grpo.vllm_engine import VLLMEngine, model_dtype
+
+    cache = s.model_cache_dir or None
+    path = resolve_model_path(adapter_base_name(model_name, cache_dir=cache), cache_dir=cache)
+    device = next(model.parameters()).device
+    engine = VLLMEngine.start(s, path, dtype=model_dtype(s.dtype, bf16=use_bf16(device, s.bf16)), seed=s.seed + rank)
+    if rank == 0:
+        print(f"vLLM engine started in {engine.start_seconds:.1f}s", file=sys.stderr)
+    return engine
 
 
 def main() -> None:
@@ -106,12 +119,15 @@ def main() -> None:
             prepare_model(m, s.sharding)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = s.make_optimizer(params, total_steps=s.max_steps * s.num_iterations)
-    trainer = GRPOTrainer(s, model, tok, task, optimizer, scheduler, ref_model=ref_model)
+    engine = start_engine(s, model, model_name, rank=rank) if s.use_vllm else None
+    trainer = GRPOTrainer(s, model, tok, task, optimizer, scheduler, ref_model=ref_model, engine=engine)
 
     result = train_steps(trainer, s=s, run=run, model=model, tokenizer=tok, optimizer=optimizer,
                          scheduler=scheduler, max_steps=s.max_steps, rank=rank, desc="grpo",
                          base_name=adapter_base_name(model_name, cache_dir=s.model_cache_dir or None),
                          postfix=("reward", "completion_length"))
+    if engine is not None:
+        engine.close()
     dd.shutdown()  # every rank leaves torch.distributed together (grpo.distributed [D5])
     if result.interrupted:
         sys.exit(result.exit_code)  # 130 Ctrl-C, 143 SIGTERM

@@ -37,6 +37,7 @@ def _deterministic_torch():
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "vllm: needs vLLM; run in its venv: .venv-vllm/bin/python -m pytest -m vllm tests")
     # One thread: the test models are tiny (overhead-bound), and a second OpenMP thread that spins
     # while the other core is busy makes every op several times slower on a shared 2-core machine.
     torch.set_num_threads(1)
