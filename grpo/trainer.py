@@ -32,10 +32,13 @@ One *step* is one generation batch: B prompts (split over ranks) × G completion
 [D11] The off-policy sequence mask (off_policy_mask_threshold) compares the sampler's log-probs with lp_θ:
      with vLLM sampling those are vLLM's (TRL likewise); on the HF path they are lp_old, so at μ = 1, where
      lp_old = sg[lp_θ], it keeps every sequence and acts from the second pass on (grpo.surrogates [D4]).
-[D12] With vLLM as the sampler (grpo.vllm_engine) the trainer always computes lp_old itself (a no-grad
-     forward, even at μ = 1: vLLM's log-probs are not the trainer's), the entropies for forking tokens and
-     the metrics come from that forward (vLLM gives none), and with vllm_importance_sampling_correction
-     each token's surrogate is weighted by sg[w(lp_old − lp_vllm)] (grpo.correction, ALGORITHMS.md §5).
+[D12] With vLLM as the sampler (grpo.vllm_engine) lp_old is the trainer's own, never vLLM's: at μ = 1 it is
+     sg[lp_θ] of the gradient pass itself, as [D1] (the numbers a separate no-grad forward would give; TRL
+     spends that forward, ~1/3 of the update here), else the no-grad pass of [D1]. The entropies for the
+     metrics and for forking tokens come from the trainer's forward too (vLLM gives none; forking tokens
+     need them before the first pass, so they take the no-grad pass). With
+     vllm_importance_sampling_correction each token's surrogate is weighted by sg[w(lp_old − lp_vllm)]
+     (grpo.correction, ALGORITHMS.md §5); the mismatch metrics are logged with or without it.
      The trainer's weights reach vLLM before every sampling that follows an optimiser step, and before
      the first (an adapter, a resumed checkpoint or rank 0's broadcast differ from the files vLLM loaded).
 """
@@ -265,17 +268,11 @@ class GRPOTrainer:
         self.model.train()
         from_engine = r.sampler != "hf"  # [D12]
         old_logp = None
-        if cfg.num_iterations > 1 or from_engine:  # [D1] [D12]
+        if cfg.num_iterations > 1 or (from_engine and cfg.top_entropy_quantile < 1.0):  # [D1] [D12]
             old_logp, old_entropy = self._no_grad_pass(model, r, slices)
-        sampler_weight, sampler_stats = None, {}
-        if from_engine:
-            r.entropy = old_entropy * r.completion_mask  # vLLM records none [D12]
-            weight = correction.sampler_weights(
-                old_logp, r.logp, r.completion_mask, mode=cfg.vllm_importance_sampling_mode,
-                clip_min=cfg.vllm_importance_sampling_clip_min, clip_max=cfg.vllm_importance_sampling_clip_max)
-            sampler_stats = mismatch_metrics(old_logp, r.logp, r.completion_mask, weight,
-                                             mode=cfg.vllm_importance_sampling_mode)  # logged with or without
-            sampler_weight = weight if cfg.vllm_importance_sampling_correction else None
+            if from_engine:
+                r.entropy = old_entropy * r.completion_mask  # vLLM records none [D12]
+        sampler_parts: list[dict[str, torch.Tensor]] = []  # grpo.correction.mismatch_stats per micro-batch
         ref_logp = None
         if cfg.beta > 0:
             with reference_policy(model, self.ref_model) as ref:
@@ -291,8 +288,20 @@ class GRPOTrainer:
             loss_finite = True
             for sl in slices:
                 logp, entropy = self._logprobs(model, r, sl)
+                old = old_logp[sl] if old_logp is not None else logp.detach()  # [D1]
+                weight = None
+                if from_engine:  # the sampler–trainer correction [D12]
+                    weight = correction.sampler_weights(
+                        old, r.logp[sl], r.completion_mask[sl], mode=cfg.vllm_importance_sampling_mode,
+                        clip_min=cfg.vllm_importance_sampling_clip_min, clip_max=cfg.vllm_importance_sampling_clip_max)
+                    if it == 0:
+                        sampler_parts.append(correction.mismatch_stats(old, r.logp[sl], r.completion_mask[sl], weight,
+                                                                       mode=cfg.vllm_importance_sampling_mode))
+                        if old_logp is None:
+                            r.entropy[sl] = entropy.detach() * r.completion_mask[sl]
+                    weight = weight if cfg.vllm_importance_sampling_correction else None  # logged either way
                 loss, st = policy_loss(
-                    logp, old_logp[sl] if old_logp is not None else logp.detach(), advantages[sl], loss_mask[sl],
+                    logp, old, advantages[sl], loss_mask[sl],
                     loss_type=cfg.loss_type, eps_low=cfg.epsilon, eps_high=cfg.epsilon_high, delta=cfg.delta,
                     importance_sampling_level=cfg.importance_sampling_level,
                     sapo_temperature=(cfg.sapo_temperature_pos, cfg.sapo_temperature_neg),
@@ -300,7 +309,7 @@ class GRPOTrainer:
                     vespo_lambda=(cfg.vespo_lambda_pos, cfg.vespo_lambda_neg),
                     off_policy_mask_threshold=cfg.off_policy_mask_threshold,  # [D11]
                     sampling_logp=r.logp[sl] if from_engine else None,
-                    sampler_weight=sampler_weight[sl] if sampler_weight is not None else None,  # [D12]
+                    sampler_weight=weight,  # [D12]
                     ref_logp=ref_logp[sl] if ref_logp is not None else None, beta=cfg.beta,
                     use_bias_correction_kl=cfg.use_bias_correction_kl,
                     entropy=entropy, entropy_coef=cfg.entropy_coef,
@@ -324,7 +333,8 @@ class GRPOTrainer:
         out = {k: sum(v) / (1 if k in ("grad_norm", "skipped_steps") else cfg.num_iterations) for k, v in stats.items()}
         out["num_tokens"] = float(num_tokens)
         out["num_sequences_trained"] = float(num_sequences)
-        out.update(sampler_stats)
+        if sampler_parts:
+            out.update(mismatch_metrics(sampler_parts))
         return out
 
     # one step ------------------------------------------------------------------------------------
@@ -351,18 +361,18 @@ METRIC_NAMES = {"vespo_phi_seq_mean": "vespo/phi_seq_mean",  # TRL's name
                 "off_policy_masked": "off_policy_masked_frac"}
 
 
-def mismatch_metrics(old_logp: torch.Tensor, sampling_logp: torch.Tensor, completion_mask: torch.Tensor,
-                     weight: torch.Tensor, *, mode: str) -> dict[str, float]:
-    """TRL's sampler–trainer metrics over the whole batch of every rank (grpo.correction [C6]) [D12]."""
-    st = correction.mismatch_stats(old_logp, sampling_logp, completion_mask, weight, mode=mode)
-    sums = dd.all_reduce_sum(torch.stack([st["logp_diff_sum"], st["logp_diff_count"], st["weight_sum"],
-                                          st["weight_count"]]).double())
-    extremes = dd.all_gather_rows(torch.stack([st["logp_diff_max"], -st["weight_min"], st["weight_max"]])
-                                  .double()[None]).amax(0)  # [3] max over ranks (min as −max of −)
-    empty_w = float(sums[3]) == 0  # TRL logs 0 where nothing was counted
+def mismatch_metrics(parts: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """TRL's sampler–trainer metrics over the whole batch of every rank, from each micro-batch's
+    grpo.correction.mismatch_stats (local sums, counts and extrema [C6]) [D12]."""
+    sums = dd.all_reduce_sum(torch.stack([sum(p[k] for p in parts).double() for k in
+                                          ("logp_diff_sum", "logp_diff_count", "weight_sum", "weight_count")]))
+    extremes = torch.stack([torch.stack([p["logp_diff_max"], -p["weight_min"], p["weight_max"]]).double()
+                            for p in parts]).amax(0)  # [3] over micro-batches (the min as −max of −)
+    extremes = dd.all_gather_rows(extremes[None].to(sums.device)).amax(0)  # over ranks
+    counted = float(sums[3]) > 0  # TRL logs 0 where nothing was counted
     return {"sampling/sampling_logp_difference/mean": float(sums[0] / sums[1].clamp(min=1)),
             "sampling/sampling_logp_difference/max": float(extremes[0]),
-            "sampling/importance_sampling_ratio/min": 0.0 if empty_w else float(-extremes[1]),
+            "sampling/importance_sampling_ratio/min": float(-extremes[1]) if counted else 0.0,
             "sampling/importance_sampling_ratio/mean": float(sums[2] / sums[3].clamp(min=1)),
             "sampling/importance_sampling_ratio/max": float(extremes[2])}
 

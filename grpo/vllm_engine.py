@@ -38,11 +38,17 @@ correction (ALGORITHMS.md §5, grpo.correction), because vLLM's numbers are not 
 [V7] Sleep mode (`vllm_enable_sleep_mode`, CUDA only: the CPU build ignores sleep): after sampling the engine
      sleeps at level 2 (KV cache and weights freed), and wakes its weights before the next sync and its KV
      cache after it, as TRL does. Not yet run on a GPU (README, "GPU").
+[V8] Under torchrun every rank starts its own engine (tensor parallel size 1) inside the job's process group
+     and samples its own share of the prompts with its own seeds; the ranks' weights are equal (rank 0's
+     broadcast, the summed gradients), so every engine holds the same policy. vLLM's shutdown destroys
+     torch.distributed's default group: `close` runs after grpo.distributed.shutdown, and the error vLLM
+     then raises about the groups already gone is swallowed.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import random
 import sys
@@ -203,6 +209,8 @@ class VLLMEngine:
     def sync(self, model) -> float:
         """Push the trainer's weights into vLLM and reset its prefix cache [V5]; returns the seconds taken."""
         t0 = time.perf_counter()
+        # every reload warns that RotaryEmbedding (no weights) "failed to load": silenced, not a problem
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         if self.asleep:
             self.llm.wake_up(tags=["weights"])  # [V7]
         weights = list(checkpoint_weights(model))
@@ -240,6 +248,7 @@ class VLLMEngine:
                                     stop_strings=sampling.stop_strings)
 
     def close(self) -> None:
+        """Stop the engine; call after grpo.distributed.shutdown under torchrun [V8]."""
         with contextlib.suppress(Exception):
             self.llm.llm_engine.engine_core.shutdown()
         self.llm = None

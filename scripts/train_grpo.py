@@ -126,9 +126,9 @@ def main() -> None:
                          scheduler=scheduler, max_steps=s.max_steps, rank=rank, desc="grpo",
                          base_name=adapter_base_name(model_name, cache_dir=s.model_cache_dir or None),
                          postfix=("reward", "completion_length"))
-    if engine is not None:
-        engine.close()
     dd.shutdown()  # every rank leaves torch.distributed together (grpo.distributed [D5])
+    if engine is not None:
+        engine.close()  # after: vLLM's shutdown destroys the default process group (grpo.vllm_engine [V8])
     if result.interrupted:
         sys.exit(result.exit_code)  # 130 Ctrl-C, 143 SIGTERM
     if rank == 0:

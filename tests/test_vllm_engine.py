@@ -167,3 +167,22 @@ def test_train_grpo_through_vllm_logs_the_mismatch_and_syncs_every_step(tmp_path
         assert row["skipped_steps"] == 0
     assert "vLLM engine started" in out.stderr
     assert (tmp_path / "out" / "v" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_two_ranks_each_sample_through_their_own_engine_and_stay_replicas(tmp_path):
+    """torchrun, 2 ranks (gloo), seeds differing per rank: every rank's engine samples its share; the
+    checkpoint's replica check (grpo.distributed.check_replicas) passes; the job exits 0 (grpo.vllm_engine [V8])."""
+    env = dict(os.environ, GRPO_OUTPUT_ROOT=str(tmp_path / "out"), PYTHONPATH=str(ROOT), VLLM_CPU_KVCACHE_SPACE="1",
+               OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    args = [str(ROOT / "scripts" / "train_grpo.py"), "--model", MODEL, "--use-vllm", "true", "--vllm-enforce-eager",
+            "true", "--vllm-max-model-length", "1024", "--prompts-per-step", "2", "--num-generations", "4",
+            "--max-completion-length", "16", "--max-steps", "2", "--save-steps", "2", "--run-name", "d"]
+    out = subprocess.run(torchrun + args, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    run = tmp_path / "out" / "d"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["sampling/sampling_logp_difference/max"] < 1e-2 for r in rows)
+    state = json.loads((run / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    assert state["world_size"] == 2 and len(set(state["trainable_sha256"])) == 1  # replicas, checked at the save
+    assert "Traceback" not in out.stderr
