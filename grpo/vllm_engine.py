@@ -60,7 +60,7 @@ import torch
 
 from grpo.config import at_least, require, within
 from grpo.correction import IS_MODES
-from grpo.rollout import Rollout, Sampling, completion_mask, eos_token_ids, stop_string_positions
+from grpo.rollout import Rollout, Sampling, completion_mask, stop_string_positions
 
 
 def vllm_installed() -> bool:
