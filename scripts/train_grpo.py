@@ -4,6 +4,7 @@
     python scripts/train_grpo.py --config configs/gsm8k.json --base-model rl_sft_model
     torchrun --nproc_per_node 2 scripts/train_grpo.py --model tiny-llama --max-steps 5    # DDP (gloo on CPU)
     torchrun --nproc_per_node 2 scripts/train_grpo.py --use-lora false --sharding fsdp2  # FSDP2 (grpo/sharding.py)
+    .venv-vllm/bin/python scripts/train_grpo.py --use-vllm true    # sample with vLLM (grpo/vllm_engine.py)
 
 One step (grpo/trainer.py, ALGORITHMS.md §2–3):
     1. sample    B prompts (split over ranks) × G completions, recording per-token log-probs/entropy
@@ -30,7 +31,8 @@ Metrics (metrics.jsonl, one line per step):
                                        is not: watch grad_norm and frac_reward_zero_std instead)
     kl                                 mean k3 KL to the reference (β > 0 only; ρ·k3 with use_bias_correction_kl)
     entropy                            mean per-token entropy of the current policy during the update
-    sampling_entropy                   mean per-token entropy recorded while sampling
+    sampling_entropy                   mean per-token entropy recorded while sampling (with vLLM: of the
+                                       trainer's forward over the samples, before the update)
     ratio_mean                         mean importance ratio (1 at μ = 1)
     clip_low / clip_high / clip_region fraction of tokens clipped below (A<0) / above (A>0) / either
                                        (the clipped loss_types: grpo, dapo, dr_grpo, bnpo, luspo)
@@ -45,6 +47,10 @@ Metrics (metrics.jsonl, one line per step):
     lr                                 learning rate after the step
     num_tokens, num_sequences_trained  tokens and sequences in the loss (after masking/dropping)
     time/generate, time/score, time/update   seconds spent in each phase
+    time/sync_weights                  use_vllm: seconds pushing the trainer's weights into vLLM
+    sampling/sampling_logp_difference/mean|max   use_vllm: |lp_trainer − lp_vllm| over completion tokens
+    sampling/importance_sampling_ratio/min|mean|max   use_vllm: the IS weight (grpo.correction), also
+                                       logged with vllm_importance_sampling_correction off
     tokens_per_second                  completion tokens generated per second of the whole step
     prompts/truncated                  prompts cut from the left to max_prompt_length (prompt_overflow)
 """
