@@ -43,6 +43,8 @@ correction (ALGORITHMS.md §5, grpo.correction), because vLLM's numbers are not 
      broadcast, the summed gradients), so every engine holds the same policy. vLLM's shutdown destroys
      torch.distributed's default group: `close` runs after grpo.distributed.shutdown, and the error vLLM
      then raises about the groups already gone is swallowed.
+[V9] A start that fails (too little memory for the KV cache, an unsupported model) is one line naming the
+     model folder and vLLM's own reason, with the memory settings that decide it; never a traceback.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ from typing import Any, Iterator, Literal, Optional
 
 import torch
 
-from grpo.config import at_least, require, within
+from grpo.config import UserError, at_least, require, within
 from grpo.correction import IS_MODES
 from grpo.rollout import Rollout, Sampling, completion_mask, stop_string_positions
 
@@ -200,10 +202,18 @@ class VLLMEngine:
         with _kept_rng_states():  # [V6]
             from vllm import LLM
 
-            llm = LLM(model=model_path, dtype=dtype, seed=seed, enable_prefix_caching=True,
-                      generation_config="vllm", logprobs_mode="processed_logprobs",  # [V2] [V3]
-                      gpu_memory_utilization=s.vllm_gpu_memory_utilization, max_model_len=s.vllm_max_model_length,
-                      enforce_eager=s.vllm_enforce_eager, enable_sleep_mode=s.vllm_enable_sleep_mode)
+            try:
+                llm = LLM(model=model_path, dtype=dtype, seed=seed, enable_prefix_caching=True,
+                          generation_config="vllm", logprobs_mode="processed_logprobs",  # [V2] [V3]
+                          gpu_memory_utilization=s.vllm_gpu_memory_utilization,
+                          max_model_len=s.vllm_max_model_length, enforce_eager=s.vllm_enforce_eager,
+                          enable_sleep_mode=s.vllm_enable_sleep_mode)
+            except (ValueError, RuntimeError, MemoryError) as e:  # vLLM's own message, in one line [V9]
+                first = " ".join(str(e).split())[:400]
+                raise UserError(f"vLLM could not start on {model_path}: {type(e).__name__}: {first} (memory: "
+                                "vllm_gpu_memory_utilization is the fraction of GPU memory, of RAM on the CPU "
+                                "build, that vLLM may use in all; VLLM_CPU_KVCACHE_SPACE=<GiB> sets the CPU KV "
+                                "cache directly)") from None
         return cls(llm, sleep_mode=s.vllm_enable_sleep_mode, start_seconds=time.perf_counter() - t0)
 
     def sync(self, model) -> float:
