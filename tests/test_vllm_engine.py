@@ -205,3 +205,15 @@ def test_resume_through_vllm_reproduces_the_uninterrupted_run(tmp_path):
     for a, b in zip(full, cut):  # the same samples; float noise of a fresh engine's first batch allowed
         assert a["completion_length"] == b["completion_length"] and a["reward"] == b["reward"], (a, b)
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+
+
+def test_an_engine_that_cannot_start_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}  # size from the fraction
+    env.update(GRPO_OUTPUT_ROOT=str(tmp_path / "out"), PYTHONPATH=str(ROOT))
+    args = [sys.executable, str(ROOT / "scripts" / "train_grpo.py"), "--model", MODEL, "--use-vllm", "true",
+            "--vllm-enforce-eager", "true", "--vllm-gpu-memory-utilization", "0.01", "--max-steps", "1"]
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2, out.stderr[-3000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: vLLM could not start on") and "VLLM_CPU_KVCACHE_SPACE" in last
+    assert "Traceback" not in out.stderr
