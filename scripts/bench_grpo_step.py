@@ -446,7 +446,8 @@ def summarise(name: str, records: list[dict], final: dict) -> dict[str, Any]:
     return {"framework": name, "steps": len(rs), "s_step": med("seconds"),
             "s_min": min(r["seconds"] for r in rs), "s_max": max(r["seconds"] for r in rs),
             "tokens_s": statistics.median(r["tokens"] / r["seconds"] for r in rs), "gen_s": med("gen_s"),
-            "score_s": med("score_s"), "update_s": med("update_s"), "sync_s": med("sync_s"), "len": statistics.mean(r["len"] for r in rs),
+            "score_s": med("score_s"), "update_s": med("update_s"),
+            "sync_s": statistics.median(r.get("sync_s", 0.0) for r in rs), "len": statistics.mean(r["len"] for r in rs),
             "gen_peak_mb": every[0]["gen_peak_mb"], "update_peak_mb": max(r["update_peak_mb"] for r in every),
             "peak_rss_mb": final["peak_rss_mb"], "steps_peak_rss_mb": final["steps_peak_rss_mb"],
             "load1": statistics.mean(r["load1"] for r in rs)}

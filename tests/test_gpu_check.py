@@ -39,7 +39,7 @@ def test_an_unknown_check_name_is_a_one_line_error_listing_the_valid_ones():
     run = subprocess.run([sys.executable, "scripts/gpu_check.py", "--only", "kernels,nope"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and len(run.stderr.splitlines()) == 1
-    assert "nope" in run.stderr and "kernels, bench_entropy, lm_head, grpo_step, ddp" in run.stderr
+    assert "nope" in run.stderr and "kernels, bench_entropy, lm_head, grpo_step, vllm_step, ddp" in run.stderr
 
 
 # ------------------------------------------------------------------------- float64 comparisons
