@@ -281,8 +281,10 @@ def trl_generate(model, tok, prompt_ids, prompt_mask, *, G, sampling, seed, reco
 # `record` asks for logp (step 3; `ours` always records, as sample_group does). A new sample_group option is one
 # line here, e.g. "ours_bf16": ours(loop="decode", bf16=True).
 VARIANTS: dict[str, Callable[..., Sample]] = {
-    "ours": ours(loop="decode"),
-    "ours_generate": ours(loop="generate"),
+    "ours": ours(loop="decode"),  # static cache, inverse-CDF draw, merged LoRA, W·xᵀ (grpo.decode)
+    "ours_multinomial": ours(loop="decode", draw="multinomial"),  # [G7]: generate's draw
+    "ours_dynamic_cache": ours(loop="decode", static_cache=False),  # [G6]: a DynamicCache
+    "ours_generate": ours(loop="generate"),  # HF generate + our logits processor (the previous default)
     "hf_generate": hf_generate,
     "trl": trl_generate,
 }

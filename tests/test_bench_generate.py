@@ -26,7 +26,8 @@ def test_bench_generate_checks_times_every_variant_and_writes_the_floor(tmp_path
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
-    expected = {"ours", "ours_generate", "hf_generate"} | ({"trl"} if importlib.util.find_spec("trl") else set())
+    expected = {"ours", "ours_multinomial", "ours_dynamic_cache", "ours_generate", "hf_generate"} | (
+        {"trl"} if importlib.util.find_spec("trl") else set())
     assert {r["variant"] for r in report["results"]} == expected
     for r in report["results"]:
         assert r["shape"] == "1x2x8" and math.isfinite(r["ms_step"]) and r["ms_min"] <= r["ms_step"] <= r["ms_max"]
