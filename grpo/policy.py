@@ -149,3 +149,21 @@ def reference_policy(model, ref_model=None):
         peft_model.set_adapter(active)
         for p, flag in trainable.items():
             p.requires_grad_(flag)
+
+
+def lora_layers(model) -> list:
+    """(name, PEFT LoRA layer) for each layer of `model` whose adapter is active and not merged."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return []
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, LoraLayer) and not m.disable_adapters and not m.merged
+            and any(a in m.lora_A for a in m.active_adapters)]
+
+
+@torch.no_grad()
+def merged_lora_weight(layer) -> torch.Tensor:
+    """W + Σ_active ΔW of a PEFT LoRA layer (ΔW = B·A·scaling, PEFT's get_delta_weight), a new tensor."""
+    weight = layer.get_base_layer().weight
+    return weight + sum(layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A)

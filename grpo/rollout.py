@@ -1,4 +1,4 @@
-"""Sampling: G completions per prompt with Hugging Face `generate`, plus per-token log-probs and entropies.
+"""Sampling: G completions per prompt, plus per-token log-probs and entropies.
 
 One call, `sample_group`, turns B prompts into N = B·G completions:
 
@@ -9,12 +9,14 @@ One call, `sample_group`, turns B prompts into N = B·G completions:
     logp, entropy   [N, T]  fp32, of the sampled token / the whole next-token distribution (see [D3])
 
 [D1] The prompt is encoded once per group: we prefill the B prompts (all but their last token) into
-     a KV cache, repeat the cache G times along the batch, and hand it to `generate`, which then only
-     runs the last prompt token and the new ones. Models whose cache cannot be repeated fall back to
-     plain `generate` on the repeated prompts (same samples, G× the prefill work).
-[D2] Sampling is ours, not `generate`'s: `generate` runs with do_sample, temperature 1, top-k 0 and
-     top-p 1 (its own warpers off), and our logits processor divides by the temperature and applies
-     top-k, top-p and min-p itself. So the order of the operations is written here, once.
+     a KV cache and repeat the cache G times along the batch; the decoding then only runs the last prompt
+     token and the new ones. Models whose cache cannot be repeated prefill the repeated prompts (same
+     samples, G× the prefill work).
+[D2] Sampling is ours: by default our own decoding loop (grpo.decode; `loop="decode"`), which applies
+     temperature, top-k, top-p and min-p (`truncate_logits`) and draws; with `loop="generate"` Hugging
+     Face `generate` runs with do_sample, temperature 1, top-k 0 and top-p 1 (its own warpers off) and our
+     logits processor does the same operations in the same order. The two loops draw the same tokens for
+     the same RNG state when grpo.decode draws with torch.multinomial (grpo.decode [G2], [G7]).
 [D3] Which distribution the recorded log-probs and entropies describe is explicit, `score=`:
      "model"    softmax(z / T), the policy the loss trains (default; what ALGORITHMS.md §1 calls model);
      "sampling" the truncated distribution actually sampled from (−inf outside the top-k/p/min-p set).
@@ -22,7 +24,8 @@ One call, `sample_group`, turns B prompts into N = B·G completions:
 [D4] Positions after the end of a completion are padding: the mask ends at the first EOS (inclusive);
      for stop strings, at the token whose text completes the first stop string (found by binary search
      on decoded prefixes, since "prefix contains a stop string" is monotone in the prefix length).
-[D5] Nothing is inherited from the checkpoint's `generation_config.json`: `generate` fills every field we
+[D5] Nothing is inherited from the checkpoint's `generation_config.json` (our decoding loop reads none of it;
+     for `loop="generate"`, and greedy evaluation in grpo.generate): `generate` fills every field we
      leave unset from `model.generation_config`, and many of those fields switch processors on
      (repetition_penalty, no_repeat_ngram_size, bad_words_ids, suppress_tokens, min_new_tokens,
      sequence_bias, forced_eos_token_id, …, some before ours, some after) or change the decoding mode
@@ -239,7 +242,7 @@ def only_our_generation_config(model, config):
     lm = causal_lm(model)  # the Hugging Face model whose generation_config `generate` merges (PEFT too)
     saved = getattr(lm, "generation_config", None)
     if saved is None:
-        yield
+        yield config
         return
     ignored = ignored_generation_fields(saved, config)
     if ignored and lm not in _noted_models and dd.rank() == 0:  # every rank loads the same checkpoint
@@ -250,25 +253,29 @@ def only_our_generation_config(model, config):
               "stop_strings; grpo.rollout [D5])", file=sys.stderr)
     lm.generation_config = GenerationConfig(**{k: getattr(saved, k, None) for k in KEPT_GENERATION_FIELDS})
     try:
-        yield
+        yield config
     finally:
         lm.generation_config = saved
 
 
-@torch.no_grad()
-def sample_group(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, G: int,
-                 sampling: Sampling, generator_seed: int | None = None) -> Rollout:
-    """Sample G completions for each of the B left-padded prompts [B, P] (see the module docstring)."""
-    from transformers import DynamicCache, GenerationConfig, LogitsProcessorList
+def _generation_config(tokenizer, sampling: Sampling, eos: list[int]):
+    """What `generate` is asked for [D2]: sampling with its own warpers off, our token ids, max tokens."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,  # [D2]
+                            max_new_tokens=sampling.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=eos, stop_strings=list(sampling.stop_strings) or None,
+                            use_cache=True)  # the prefilled cache [D1] must be read
+
+
+def _generate(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, G: int, sampling: Sampling,
+              config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hugging Face `generate` with our logits processor [D2]: (completion ids, logp, entropy) [N, T]."""
+    from transformers import DynamicCache, LogitsProcessorList
 
     B, P = prompt_ids.shape
-    eos = eos_token_ids(model, tokenizer)
     ids = prompt_ids.repeat_interleave(G, 0)  # [N, P]
     mask = prompt_mask.repeat_interleave(G, 0).long()  # [N, P]
-    config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0,  # [D2]
-                              max_new_tokens=sampling.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_id=eos, stop_strings=list(sampling.stop_strings) or None,
-                              use_cache=True)  # the prefilled cache [D1] must be read
     recorder = _SamplerAndRecorder(sampling, P)
     kwargs: dict[str, Any] = dict(generation_config=config, logits_processor=LogitsProcessorList([recorder]))
     if sampling.stop_strings:
@@ -285,21 +292,45 @@ def sample_group(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.
         except (AttributeError, TypeError, ValueError, NotImplementedError):
             kwargs.pop("cache", None)
             kwargs.pop("past_key_values", None)
+    out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # [N, P + T]
+    completion_ids = out[:, P:]  # [N, T]
+    logp, entropy = recorder.finish(completion_ids)
+    return completion_ids, logp, entropy
+
+
+@torch.no_grad()
+def sample_group(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, G: int,
+                 sampling: Sampling, generator_seed: int | None = None,
+                 loop: Literal["decode", "generate"] = "decode", **decode_options) -> Rollout:
+    """Sample G completions for each of the B left-padded prompts [B, P] (see the module docstring).
+
+    loop: "decode", our decoding loop (grpo.decode, the default), or "generate", Hugging Face `generate` with
+    our logits processor, kept as the reference and for the benchmark (scripts/bench_generate.py).
+    decode_options: grpo.decode.decode's `static_cache` and `draw` (the defaults are the fastest exact ones).
+    """
+    from grpo.decode import decode
+
+    eos = eos_token_ids(model, tokenizer)
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     was_training = model.training
     model.eval()
     try:
-        with only_our_generation_config(model, config):  # [D5]
-            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # [N, P + T]
+        with only_our_generation_config(model, _generation_config(tokenizer, sampling, eos)) as config:  # [D5]
+            if loop == "decode":
+                completion_ids, logp, entropy = decode(model, tokenizer, prompt_ids, prompt_mask, G=G,
+                                                       sampling=sampling, eos_ids=eos, **decode_options)  # [N, T]
+            elif loop == "generate":
+                completion_ids, logp, entropy = _generate(model, tokenizer, prompt_ids, prompt_mask, G=G,
+                                                          sampling=sampling, config=config)
+            else:
+                raise ValueError(f"loop must be 'decode' or 'generate', got {loop!r}")
     finally:
         model.train(was_training)
-    completion_ids = out[:, P:]  # [N, T]
-    logp, entropy = recorder.finish(completion_ids)
-    stop_at = stop_string_positions(tokenizer, completion_ids.cpu(), sampling.stop_strings).to(out.device)
+    stop_at = stop_string_positions(tokenizer, completion_ids.cpu(), sampling.stop_strings).to(completion_ids.device)
     cmask, ended = completion_mask(completion_ids, eos_ids=eos, stop_at=stop_at)
     completion_ids = completion_ids.masked_fill(~cmask, tokenizer.pad_token_id)
     texts = [tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(completion_ids, cmask)]
-    return Rollout(prompt_ids=ids, prompt_mask=mask.bool(), completion_ids=completion_ids,
-                   completion_mask=cmask, truncated=~ended, logp=logp * cmask, entropy=entropy * cmask,
-                   completions=texts)
+    return Rollout(prompt_ids=prompt_ids.repeat_interleave(G, 0), prompt_mask=prompt_mask.repeat_interleave(G, 0),
+                   completion_ids=completion_ids, completion_mask=cmask, truncated=~ended, logp=logp * cmask,
+                   entropy=entropy * cmask, completions=texts)

@@ -146,15 +146,9 @@ def checkpoint_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     if not hasattr(peft_model, "get_base_model"):
         yield from lm.state_dict().items()
         return
-    from peft.tuners.lora import LoraLayer
+    from grpo.policy import lora_layers, merged_lora_weight
 
-    merged: dict[str, torch.Tensor] = {}
-    for name, module in lm.named_modules():
-        if isinstance(module, LoraLayer) and not module.disable_adapters and not module.merged:
-            active = [a for a in module.active_adapters if a in module.lora_A]
-            if active:
-                weight = module.get_base_layer().weight
-                merged[f"{name}.base_layer.weight"] = weight + sum(module.get_delta_weight(a) for a in active)
+    merged = {f"{name}.base_layer.weight": merged_lora_weight(m) for name, m in lora_layers(lm)}
     active_adapter = peft_model.active_adapter
     for name, tensor in lm.state_dict().items():
         if ".lora_" in name or ".original_module." in name:

@@ -143,19 +143,21 @@ def hostile_path(request, tiny, tmp_path_factory):
     return path
 
 
-def _sample(model, tok, seed=0, **sampling):
+def _sample(model, tok, seed=0, loop="decode", **sampling):
     prompts = [[{"role": "user", "content": "What is 2 + 3? Count to ten."}], [{"role": "user", "content": "Hi"}]]
     ids, mask = encode_prompts(tok, prompts)
     torch.manual_seed(seed)
-    return sample_group(model, tok, ids, mask, G=3, sampling=Sampling(**{"max_new_tokens": 12, **sampling}))
+    return sample_group(model, tok, ids, mask, G=3, sampling=Sampling(**{"max_new_tokens": 12, **sampling}),
+                        loop=loop)
 
 
+@pytest.mark.parametrize("loop", ["decode", "generate"])
 @pytest.mark.parametrize("use_lora", [False, True])
 def test_checkpoint_generation_config_is_ignored_recorded_logprobs_equal_a_forward_pass(hostile_path, tiny,
-                                                                                        use_lora):
+                                                                                        use_lora, loop):
     model, tok = load_model(str(hostile_path), trainable=use_lora, use_lora=use_lora)
     assert model.generation_config.repetition_penalty == 1.5  # the checkpoint really sets it
-    r = _sample(model, tok, temperature=0.7)
+    r = _sample(model, tok, temperature=0.7, loop=loop)
     with torch.no_grad():
         logp, entropy = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids,
                                             r.completion_mask, temperature=0.7)
@@ -164,7 +166,7 @@ def test_checkpoint_generation_config_is_ignored_recorded_logprobs_equal_a_forwa
     torch.testing.assert_close(r.entropy[m], entropy[m], atol=1e-4, rtol=1e-4)
     # the same weights without the generation_config, same seed: the very same samples (this also sees the
     # warpers transformers would run after ours, which change the samples but not the recorded log-probs)
-    plain = _sample(tiny[0], tiny[1], temperature=0.7)
+    plain = _sample(tiny[0], tiny[1], temperature=0.7, loop=loop)
     assert torch.equal(r.completion_ids, plain.completion_ids)
     torch.testing.assert_close(r.logp, plain.logp, atol=1e-5, rtol=1e-5)
 
@@ -174,8 +176,10 @@ def test_sampling_runs_our_logits_processor_and_no_other(hostile_path, monkeypat
     built = []
     original = model._get_logits_processor
     monkeypatch.setattr(model, "_get_logits_processor", lambda *a, **k: built.append(original(*a, **k)) or built[-1])
-    _sample(model, tok, temperature=0.7, top_k=20, top_p=0.9, min_p=0.01)
+    _sample(model, tok, temperature=0.7, top_k=20, top_p=0.9, min_p=0.01, loop="generate")
     assert [type(p).__name__ for p in built[0]] == ["_SamplerAndRecorder"]
+    _sample(model, tok, temperature=0.7, top_k=20, top_p=0.9, min_p=0.01)  # our loop: `generate` never runs
+    assert len(built) == 1
 
 
 def test_ignored_checkpoint_fields_are_named_once_per_model(hostile_path, tiny, capsys):

@@ -1,0 +1,213 @@
+"""The decoding loop of grpo.rollout.sample_group: one model call per new token, written out, no `generate`.
+
+    completion_ids, logp, entropy = decode(model, tok, prompt_ids, prompt_mask, G=4, sampling=s, eos_ids=[2])
+
+Per step, for the N = B·G rows (prompts repeated G times):
+
+    z      = logits of the last position, fp32, / T                        [N, V]
+    z̃      = truncate_logits(z, top_k, top_p, min_p)                       [N, V]  (grpo.rollout)
+    y      ~ softmax(z̃)      (torch.multinomial)                           [N]
+    lp, H  = token_logprobs_and_entropy(z or z̃, y)   score = model | sampling (grpo.rollout [D3])
+
+[G1] Why not Hugging Face `generate`: per new token it prepares inputs, runs a list of logits processors and
+     stopping criteria, updates its bookkeeping and checks for the end, all in Python around the one model
+     call that is the real work; at the main job's shape (8 rows, 135M parameters) that wrapping cost more
+     than the call (scripts/bench_generate.py measures both). This loop does only what the step needs.
+[G2] The same samples as `generate` with our logits processor (grpo.rollout [D2]) would draw: the same ops in
+     the same order on the same logits (scores in fp32, our temperature and truncation, softmax, one
+     torch.multinomial over the whole batch, a finished row's token replaced by the pad token afterwards),
+     so with the same torch RNG state the tokens are the same (tests/test_decode.py against `generate`).
+[G3] The prompt is encoded once per group: the B prompts but their last token are prefilled into a KV
+     cache that is repeated G times along the batch (grpo.rollout [D1]); the first step then runs the last
+     prompt token. Only the last position's logits are computed (`logits_to_keep=1`), in the prefill too.
+     Models whose cache cannot be repeated prefill all N rows.
+[G4] Positions count real tokens (cumsum of the mask − 1, as `generate` does for left padding); the
+     attention mask grows by one column of ones per step.
+[G5] A row is finished after its first EOS, or once its decoded text contains a stop string: the tail of
+     each unfinished row (the last len(longest stop string) + 2 tokens) is decoded per step, which sees every
+     stop string the text can first contain at that token. The loop ends when every row is finished or
+     after max_new_tokens. The masks are then built by grpo.rollout from the ids ([D4]), not from this.
+[G6] Static KV cache (default): transformers' StaticCache of P + max_new_tokens positions, allocated once
+     and written in place, with an attention mask of that width whose columns are switched on as tokens
+     arrive; the DynamicCache instead concatenates every layer's keys and values at every step (60 `cat`s
+     of the whole cache per token for a 30-layer model). Attention then spans the full width under the mask
+     (masked positions weigh exactly 0), so the samples are the same.
+[G7] The draw (default "inverse_cdf"): one uniform per row against the fp64 cumulative sum of its
+     probabilities, instead of torch.multinomial, which draws an exponential for every entry of the
+     [N, V] matrix (6 ms a step at N = 8, V = 49,152 here, about as long as the rest of the sampling
+     step's non-matmul work). The same distribution, other random numbers: with draw="multinomial" the
+     loop draws exactly what `generate` draws [G2].
+[G8] The linear layers, for the few rows of a decoding step (8 at the main job's shape): a LoRA layer runs
+     with its adapter merged, x·(W + ΔW)ᵀ, ΔW = B·A·α/r (PEFT's get_delta_weight), instead of PEFT's
+     x·Wᵀ + (x·Aᵀ)·Bᵀ·α/r: one matmul instead of three and none of PEFT's per-call Python; the merged
+     weights exist only while sampling (one copy of the adapted weights: 540 MB for smollm2-135m in fp32,
+     below the update's peak) and the trainer's weights are untouched. With several threads a layer
+     computes (W·xᵀ)ᵀ, which MKL splits over W's rows; x·Wᵀ with 8 rows ran at 2/3 of that speed on 2
+     threads (and faster on 1, where the order is kept). Both change only the rounding of the logits (the
+     recorded log-probs match a forward pass of the unmerged model to 1e-5, tests/test_decode.py).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+
+from grpo.policy import cache_kwarg, causal_lm
+from kernels import token_logprobs_and_entropy
+
+
+def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pos: torch.Tensor, G: int, *,
+             max_len: int, static: bool):
+    """The KV cache of the prompts but their last token, for the N = B·G rows [G3]: prefilled for the B
+    prompts once, then repeated G times; in a StaticCache of max_len positions when `static` [G6]."""
+    from transformers import DynamicCache, StaticCache
+
+    lm = causal_lm(model)
+    key = cache_kwarg(lm)
+    B, P = prompt_ids.shape
+    dynamic = DynamicCache(config=lm.config)
+    if P > 1:
+        rows = slice(None, -1)
+        model(input_ids=prompt_ids[:, rows], attention_mask=prompt_mask[:, rows].long(), position_ids=pos[:, rows],
+              **{key: dynamic}, use_cache=True, logits_to_keep=1)
+    if not static:
+        if G > 1 and P > 1:
+            dynamic.batch_repeat_interleave(G)
+        return key, dynamic
+    cache = StaticCache(config=lm.config, max_cache_len=max_len)
+    if P > 1:
+        for src, dst in zip(dynamic.layers, cache.layers):  # allocates [N, H, max_len, D], copies the prompt
+            dst.update(src.keys.repeat_interleave(G, 0), src.values.repeat_interleave(G, 0))
+    return key, cache
+
+
+def draw_categorical(probs: torch.Tensor) -> torch.Tensor:
+    """y_i ~ Categorical(probs_i) by inversion: y_i = min{v : C_{i,v} > u_i·C_{i,V}}, C = cumsum(probs) in fp64,
+    u_i ~ U[0, 1) (fp64, 53 bits) [G7]. Args: probs [N, V] ≥ 0, rows with a positive sum. Returns [N] int64.
+
+    Exact up to fp64 rounding of the cumulative sum (a probability below ~1e-16 of its row's mass may be
+    drawn at a rounded rate); a zero-probability entry is never drawn.
+    """
+    cdf = probs.double().cumsum(-1)  # [N, V]
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]  # [N, 1]
+    return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1).squeeze(1)  # [N]
+
+
+class _StopStrings:
+    """Rows whose decoded text contains a stop string after the newest token [G5]."""
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str]):
+        self.tok, self.stops = tokenizer, tuple(stop_strings)
+        self.tail = max((len(s) for s in self.stops), default=0) + 2
+
+    def __call__(self, tokens: list[torch.Tensor], unfinished: torch.Tensor) -> torch.Tensor:
+        hit = torch.zeros_like(unfinished)
+        if not self.stops:
+            return hit
+        recent = torch.stack(tokens[-self.tail:], 1).tolist()  # [N, ≤ tail]
+        for i in unfinished.nonzero().flatten().tolist():
+            text = self.tok.decode(recent[i], skip_special_tokens=False)
+            hit[i] = any(s in text for s in self.stops)
+        return hit
+
+
+FEW_ROWS = 64  # [G8] a decoding step's rows; a prefill of many tokens keeps the module's own path
+
+
+def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default):
+    """forward(x) = x·Wᵀ + b, computed as (W·xᵀ)ᵀ when several threads share it and x has few rows [G8]."""
+    transpose = torch.get_num_threads() > 1
+
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs or x.dim() < 2 or x.numel() // x.shape[-1] > FEW_ROWS or x.dtype != weight.dtype:
+            return default(x, *args, **kwargs)
+        rows = x.reshape(-1, x.shape[-1])  # [n, in]
+        y = torch.mm(weight, rows.t()).t().contiguous() if transpose else torch.mm(rows, weight.t())  # [n, out]
+        if bias is not None:
+            y = y + bias
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    return forward
+
+
+@contextlib.contextmanager
+def decoding_linears(model):
+    """Within the block, the linear layers of `model` run a decoding step's few rows fast [G8]: a plain
+    nn.Linear as (W·xᵀ)ᵀ, a LoRA layer with its adapter merged, W + ΔW (grpo.policy.merged_lora_weight),
+    computed once here and dropped on exit; the model's own weights are not touched."""
+    from grpo.policy import lora_layers, merged_lora_weight
+
+    patched = []
+    lora = dict(lora_layers(model))  # name → PEFT LoRA layer that is active and not merged
+    inside_lora = {f"{name}.{child}" for name in lora for child, _ in lora[name].named_modules() if child}
+    for name, m in model.named_modules():
+        if name in lora:
+            base = m.get_base_layer()
+            m.forward = _few_rows(merged_lora_weight(m), base.bias, m.forward)
+            patched.append(m)
+        elif type(m) is torch.nn.Linear and name not in inside_lora:
+            m.forward = _few_rows(m.weight, m.bias, m.forward)
+            patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
+@torch.no_grad()
+def decode(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, *, G: int, sampling,
+           eos_ids: Sequence[int], static_cache: bool = True, draw: str = "inverse_cdf"
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample G completions of each left-padded prompt [B, P]; returns ids, logp, entropy, each [N, T].
+
+    T ≤ sampling.max_new_tokens (the loop stops when every row is finished [G5]); a finished row holds the
+    pad token after its end, and its logp / entropy there are whatever the step computed (the caller masks).
+    static_cache: a preallocated KV cache [G6] (else transformers' DynamicCache, concatenated per step);
+    draw: "inverse_cdf" [G7] or "multinomial" (torch.multinomial, as `generate` draws [G2]).
+    """
+    with decoding_linears(model):  # [G8]
+        return _decode(model, tokenizer, prompt_ids, prompt_mask, G=G, sampling=sampling, eos_ids=eos_ids,
+                       static_cache=static_cache, draw=draw)
+
+
+def _decode(model, tokenizer, prompt_ids, prompt_mask, *, G, sampling, eos_ids, static_cache, draw):
+    from grpo.rollout import truncate_logits
+
+    B, P = prompt_ids.shape
+    N, L = B * G, sampling.max_new_tokens
+    pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P] [G4]
+    try:
+        key, cache = _prefill(model, prompt_ids, prompt_mask, pos, G, max_len=P + L, static=static_cache)
+    except (AttributeError, TypeError, ValueError, NotImplementedError, KeyError):  # a cache that cannot be
+        key, cache = _prefill(model, prompt_ids.repeat_interleave(G, 0), prompt_mask.repeat_interleave(G, 0),
+                              pos.repeat_interleave(G, 0), 1, max_len=P + L, static=False)  # repeated: all N rows
+    attention = torch.zeros(N, P + L, dtype=torch.long, device=prompt_ids.device)  # [N, P + L], filled as we go
+    attention[:, :P] = prompt_mask.repeat_interleave(G, 0)
+    step_ids = prompt_ids[:, -1:].repeat_interleave(G, 0)  # [N, 1] the last prompt token first [G3]
+    step_pos = pos[:, -1:].repeat_interleave(G, 0)  # [N, 1]
+    eos = torch.tensor(list(eos_ids), device=prompt_ids.device)
+    pad = tokenizer.pad_token_id
+    stop = _StopStrings(tokenizer, sampling.stop_strings)
+    unfinished = torch.ones(N, dtype=torch.bool, device=prompt_ids.device)
+    tokens, logps, entropies = [], [], []
+    for t in range(L):
+        mask = attention if static_cache else attention[:, :P + t]  # [G6]
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **{key: cache},
+                    use_cache=True, logits_to_keep=1)
+        z = out.logits[:, -1, :].float() / sampling.temperature  # [N, V]
+        z_trunc = truncate_logits(z, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p)
+        probs = torch.softmax(z_trunc, dim=-1)
+        y = draw_categorical(probs) if draw == "inverse_cdf" else torch.multinomial(probs, 1).squeeze(1)  # [N] [G7]
+        lp, h = token_logprobs_and_entropy(z if sampling.score == "model" else z_trunc, y)  # [N], [N]
+        y = torch.where(unfinished, y, pad)  # a finished row is padded [G2]
+        tokens.append(y)
+        logps.append(lp)
+        entropies.append(h)
+        unfinished = unfinished & ~torch.isin(y, eos) & ~stop(tokens, unfinished)  # [G5]
+        if not bool(unfinished.any()):
+            break
+        attention[:, P + t] = 1  # the token just sampled [G4]
+        step_ids, step_pos = y[:, None], step_pos + 1
+    return torch.stack(tokens, 1), torch.stack(logps, 1), torch.stack(entropies, 1)  # [N, T] each

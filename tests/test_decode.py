@@ -1,0 +1,155 @@
+"""grpo.decode: our decoding loop against Hugging Face `generate` (the reference), and its categorical draw."""
+import pytest
+import torch
+
+from grpo.decode import decode, draw_categorical
+from grpo.models import load_model, named_model_path
+from grpo.policy import completion_logprobs
+from grpo.rollout import Sampling, encode_prompts, eos_token_ids, sample_group
+
+PROMPTS = [[{"role": "user", "content": "What is 12 + 7?"}], [{"role": "user", "content": "Name three colours please."}]]
+SAMPLINGS = [dict(), dict(top_k=20), dict(top_p=0.8, temperature=0.7), dict(min_p=0.05), dict(stop_strings=(" ",)),
+             dict(score="sampling", top_k=5), dict(max_new_tokens=1)]
+
+
+@pytest.fixture(scope="module")
+def lora(tmp_path_factory):
+    model, tok = load_model(str(named_model_path("tiny-llama", cache_dir=tmp_path_factory.mktemp("m"))),
+                            use_lora=True, lora_r=8, lora_alpha=16)
+    with torch.no_grad():  # a trained adapter, so LoRA's path matters
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model, tok
+
+
+@pytest.mark.parametrize("static_cache", [True, False])
+@pytest.mark.parametrize("kw", SAMPLINGS, ids=str)
+def test_decode_with_multinomial_draws_exactly_what_generate_draws(lora, static_cache, kw):
+    model, tok = lora
+    ids, mask = encode_prompts(tok, PROMPTS)
+    s = Sampling(**{"max_new_tokens": 24, **kw})
+    torch.manual_seed(3)
+    ref = sample_group(model, tok, ids, mask, G=4, sampling=s, loop="generate")
+    torch.manual_seed(3)
+    model.eval()
+    c, lp, h = decode(model, tok, ids, mask, G=4, sampling=s, eos_ids=eos_token_ids(model, tok),
+                      static_cache=static_cache, draw="multinomial")
+    model.train()
+    m = ref.completion_mask
+    assert c.shape == ref.completion_ids.shape
+    assert torch.equal(c.masked_fill(~m, tok.pad_token_id), ref.completion_ids)
+    # the same tokens, bitwise; the recorded numbers to float rounding (the static cache's attention sums over
+    # its full masked width, in another order than the growing cache's)
+    torch.testing.assert_close(lp[m], ref.logp[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h[m], ref.entropy[m], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kw", SAMPLINGS[:5], ids=str)
+def test_the_default_loop_records_the_policy_it_samples_from(lora, kw):
+    model, tok = lora
+    ids, mask = encode_prompts(tok, PROMPTS)
+    s = Sampling(**{"max_new_tokens": 24, **kw})
+    r = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=1)
+    with torch.no_grad():
+        lp, h = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                    temperature=s.temperature)
+    m = r.completion_mask
+    torch.testing.assert_close(r.logp[m], lp[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(r.entropy[m], h[m], atol=1e-5, rtol=1e-5)
+    assert ((r.lengths == s.max_new_tokens) | ~r.truncated).all()
+
+
+def test_stop_strings_end_the_decoding_of_each_row(lora):
+    model, tok = lora
+    ids, mask = encode_prompts(tok, PROMPTS)
+    s = Sampling(max_new_tokens=40, stop_strings=(" ",))
+    r = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=2)
+    assert not r.truncated.any()  # a space comes long before 40 tokens in every row
+    for row, n in zip(r.completion_ids, r.lengths):
+        text = tok.decode(row[:n], skip_special_tokens=False)
+        assert " " in text and " " not in tok.decode(row[:n - 1], skip_special_tokens=False)
+    assert r.completion_ids.shape[1] < 40  # the loop ended when every row had ended
+
+
+def draw_reference(probs: torch.Tensor, u: torch.Tensor) -> list[int]:
+    """float64: the smallest v whose cumulative probability exceeds u·total, row by row, in Python."""
+    out = []
+    for row, ui in zip(probs.double().tolist(), u.tolist()):
+        total, acc = sum(row), 0.0
+        for v, p in enumerate(row):
+            acc += p
+            if acc > ui * total:
+                out.append(v)
+                break
+        else:
+            out.append(len(row) - 1)
+    return out
+
+
+def test_draw_categorical_matches_the_float64_reference(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(64, 37, generator=g) * (torch.rand(64, 37, generator=g) > 0.3)  # zeros inside rows
+    probs[:, 0] += 1e-3  # every row has mass
+    u = torch.rand(64, 1, dtype=torch.float64, generator=g)
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: u.clone())
+    got = draw_categorical(probs).tolist()
+    assert got == draw_reference(probs, u[:, 0])
+    assert all(probs[i, v] > 0 for i, v in enumerate(got))  # never a zero-probability entry
+
+
+def test_draw_categorical_has_the_frequencies_of_the_distribution():
+    torch.manual_seed(0)
+    p = torch.tensor([0.5, 0.0, 0.25, 0.125, 0.0, 0.0625, 0.0625])
+    n = 200_000
+    draws = draw_categorical(p.expand(n, -1).contiguous())
+    freq = torch.bincount(draws, minlength=7).double() / n
+    sigma = (p.double() * (1 - p.double()) / n).sqrt()
+    assert (freq[p == 0] == 0).all()
+    assert ((freq - p.double()).abs() <= 5 * sigma + 1e-12).all(), freq
+
+
+def test_decoding_linears_run_few_rows_fast_and_change_nothing_else(lora):
+    """[G8]: inside the block a patched layer gives its normal output for few rows (to rounding) and its very
+    own path for many rows, on 1 and on 2 threads; after it the modules and the weights are as they were."""
+    from grpo.decode import decoding_linears
+    from grpo.policy import lora_layers
+
+    model, _ = lora
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layers = [m for _, m in lora_layers(model)] + [m for m in model.modules() if type(m) is torch.nn.Linear]
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            few = [torch.randn(8, m.get_base_layer().in_features if hasattr(m, "get_base_layer") else m.in_features)
+                   for m in layers]
+            many = [torch.randn(200, x.shape[1]) for x in few]
+            with torch.no_grad():
+                want_few = [m(x) for m, x in zip(layers, few)]
+                want_many = [m(x) for m, x in zip(layers, many)]
+                with decoding_linears(model):
+                    got_few = [m(x) for m, x in zip(layers, few)]
+                    got_many = [m(x) for m, x in zip(layers, many)]
+            for g, w in zip(got_few, want_few):
+                torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+                assert g.is_contiguous()
+            assert all(torch.equal(g, w) for g, w in zip(got_many, want_many))
+    finally:
+        torch.set_num_threads(threads)
+    assert all("forward" not in vars(m) for m in model.modules())  # every patch removed
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_two_threads_sample_the_policy_too(lora):
+    model, tok = lora
+    ids, mask = encode_prompts(tok, PROMPTS)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = sample_group(model, tok, ids, mask, G=4, sampling=Sampling(max_new_tokens=24), generator_seed=1)
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        lp, _ = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+    torch.testing.assert_close(r.logp[r.completion_mask], lp[r.completion_mask], atol=1e-5, rtol=1e-5)
