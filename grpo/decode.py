@@ -6,13 +6,14 @@ Per step, for the N = B·G rows (prompts repeated G times):
 
     z      = logits of the last position, fp32, / T                        [N, V]
     z̃      = truncate_logits(z, top_k, top_p, min_p)                       [N, V]  (grpo.rollout)
-    y      ~ softmax(z̃)      (torch.multinomial)                           [N]
+    y      ~ softmax(z̃)      (by inversion [G7]; torch.multinomial on request)    [N]
     lp, H  = token_logprobs_and_entropy(z or z̃, y)   score = model | sampling (grpo.rollout [D3])
 
 [G1] Why not Hugging Face `generate`: per new token it prepares inputs, runs a list of logits processors and
-     stopping criteria, updates its bookkeeping and checks for the end, all in Python around the one model
-     call that is the real work; at the main job's shape (8 rows, 135M parameters) that wrapping cost more
-     than the call (scripts/bench_generate.py measures both). This loop does only what the step needs.
+     stopping criteria and updates its bookkeeping in Python around the one model call that is the real
+     work, and that call is out of our hands. Here the loop does only what the step needs, and the call is
+     ours to shape ([G7], [G8]): 63 against 105 ms per decoding step at the main job's shape on 2 threads
+     (scripts/bench_generate.py, docs/bench_generate.md).
 [G2] The same samples as `generate` with our logits processor (grpo.rollout [D2]) would draw: the same ops in
      the same order on the same logits (scores in fp32, our temperature and truncation, softmax, one
      torch.multinomial over the whole batch, a finished row's token replaced by the pad token afterwards),
@@ -22,7 +23,7 @@ Per step, for the N = B·G rows (prompts repeated G times):
      prompt token. Only the last position's logits are computed (`logits_to_keep=1`), in the prefill too.
      Models whose cache cannot be repeated prefill all N rows.
 [G4] Positions count real tokens (cumsum of the mask − 1, as `generate` does for left padding); the
-     attention mask grows by one column of ones per step.
+     attention mask is allocated for P + max_new_tokens columns, each switched on as its token arrives.
 [G5] A row is finished after its first EOS, or once its decoded text contains a stop string: the tail of
      each unfinished row (the last len(longest stop string) + 2 tokens) is decoded per step, which sees every
      stop string the text can first contain at that token. The loop ends when every row is finished or
@@ -31,7 +32,10 @@ Per step, for the N = B·G rows (prompts repeated G times):
      and written in place, with an attention mask of that width whose columns are switched on as tokens
      arrive; the DynamicCache instead concatenates every layer's keys and values at every step (60 `cat`s
      of the whole cache per token for a 30-layer model). Attention then spans the full width under the mask
-     (masked positions weigh exactly 0), so the samples are the same.
+     (masked positions weigh exactly 0), so the samples are the same. Measured: no faster than the
+     DynamicCache at these sizes (63.0 vs 64.1 ms, 84.2 vs 84.0 ms); kept for the long completions where the
+     concatenation grows. A transformers whose StaticCache cannot take the prefill falls back to the
+     DynamicCache.
 [G7] The draw (default "inverse_cdf"): one uniform per row against the fp64 cumulative sum of its
      probabilities, instead of torch.multinomial, which draws an exponential for every entry of the
      [N, V] matrix (6 ms a step at N = 8, V = 49,152 here, about as long as the rest of the sampling
@@ -181,8 +185,9 @@ def _decode(model, tokenizer, prompt_ids, prompt_mask, *, G, sampling, eos_ids, 
     try:
         key, cache = _prefill(model, prompt_ids, prompt_mask, pos, G, max_len=P + L, static=static_cache)
     except (AttributeError, TypeError, ValueError, NotImplementedError, KeyError):  # a cache that cannot be
+        static_cache = False  # repeated or made static [G3] [G6]: the N rows, in a DynamicCache
         key, cache = _prefill(model, prompt_ids.repeat_interleave(G, 0), prompt_mask.repeat_interleave(G, 0),
-                              pos.repeat_interleave(G, 0), 1, max_len=P + L, static=False)  # repeated: all N rows
+                              pos.repeat_interleave(G, 0), 1, max_len=P + L, static=False)
     attention = torch.zeros(N, P + L, dtype=torch.long, device=prompt_ids.device)  # [N, P + L], filled as we go
     attention[:, :P] = prompt_mask.repeat_interleave(G, 0)
     step_ids = prompt_ids[:, -1:].repeat_interleave(G, 0)  # [N, 1] the last prompt token first [G3]

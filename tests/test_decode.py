@@ -153,3 +153,22 @@ def test_two_threads_sample_the_policy_too(lora):
     with torch.no_grad():
         lp, _ = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
     torch.testing.assert_close(r.logp[r.completion_mask], lp[r.completion_mask], atol=1e-5, rtol=1e-5)
+
+
+def test_a_static_cache_that_cannot_be_built_falls_back_to_the_dynamic_one(lora, monkeypatch):
+    """[G6]: an older transformers whose StaticCache cannot take the prefill: the loop samples all the same."""
+    import transformers
+
+    model, tok = lora
+    ids, mask = encode_prompts(tok, PROMPTS)
+
+    class Broken:
+        def __init__(self, *a, **k):
+            raise TypeError("no such StaticCache signature")
+
+    s = Sampling(max_new_tokens=16)
+    want = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=5, static_cache=False)
+    monkeypatch.setattr(transformers, "StaticCache", Broken)
+    got = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=5)
+    assert torch.equal(got.completion_ids, want.completion_ids)
+    torch.testing.assert_close(got.logp, want.logp, atol=1e-5, rtol=1e-5)
