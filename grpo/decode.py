@@ -121,7 +121,7 @@ FEW_ROWS = 64  # [G8] a decoding step's rows; a prefill of many tokens keeps the
 
 def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default):
     """forward(x) = x·Wᵀ + b, computed as (W·xᵀ)ᵀ when several threads share it and x has few rows [G8]."""
-    transpose = torch.get_num_threads() > 1
+    transpose = torch.get_num_threads() > 1 and weight.device.type == "cpu"  # MKL's split over W's rows
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if args or kwargs or x.dim() < 2 or x.numel() // x.shape[-1] > FEW_ROWS or x.dtype != weight.dtype:
