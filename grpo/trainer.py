@@ -101,7 +101,7 @@ class GRPOTrainer:
 
     def __init__(self, cfg, model, tokenizer, task, optimizer, scheduler, *, ref_model=None, engine=None):
         self.cfg, self.model, self.tok, self.task = cfg, model, tokenizer, task
-        self.engine = engine  # grpo.vllm_engine.VLLMEngine, or None: Hugging Face generate [D12]
+        self.engine = engine  # grpo.vllm_engine.VLLMEngine, or None: our sampler (grpo.rollout) [D12]
         self.engine_stale = True  # the trainer's weights differ from the engine's [D12]
         self.sync_seconds = 0.0  # this step's weight syncs
         self.optimizer, self.scheduler, self.ref_model = optimizer, scheduler, ref_model
