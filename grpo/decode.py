@@ -69,7 +69,7 @@ def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pos: to
 
     lm = causal_lm(model)
     key = cache_kwarg(lm)
-    B, P = prompt_ids.shape
+    P = prompt_ids.shape[1]
     dynamic = DynamicCache(config=lm.config)
     if P > 1:
         rows = slice(None, -1)
@@ -184,8 +184,9 @@ def _decode(model, tokenizer, prompt_ids, prompt_mask, *, G, sampling, eos_ids, 
     pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P] [G4]
     try:
         key, cache = _prefill(model, prompt_ids, prompt_mask, pos, G, max_len=P + L, static=static_cache)
-    except (AttributeError, TypeError, ValueError, NotImplementedError, KeyError):  # a cache that cannot be
-        static_cache = False  # repeated or made static [G3] [G6]: the N rows, in a DynamicCache
+    except (AttributeError, TypeError, ValueError, NotImplementedError, KeyError):
+        # a cache that cannot be repeated or made static [G3] [G6]: all N rows prefilled, in a DynamicCache
+        static_cache = False
         key, cache = _prefill(model, prompt_ids.repeat_interleave(G, 0), prompt_mask.repeat_interleave(G, 0),
                               pos.repeat_interleave(G, 0), 1, max_len=P + L, static=False)
     attention = torch.zeros(N, P + L, dtype=torch.long, device=prompt_ids.device)  # [N, P + L], filled as we go

@@ -61,7 +61,6 @@ from typing import Any, Iterator, Literal, Optional
 import torch
 
 from grpo.config import UserError, at_least, require, within
-from grpo.correction import IS_MODES
 from grpo.rollout import Rollout, Sampling, completion_mask, stop_string_positions
 
 
@@ -99,15 +98,14 @@ class VLLMSettings:
         """Ranges and rules, checked before anything loads (grpo.config [D9])."""
         within(self, "vllm_gpu_memory_utilization", 0, 1, low_open=True)
         at_least(self, "vllm_max_model_length", 1, why="null = the model's positions")
-        above_zero = "must be > 0 (a ratio), or null = no bound"
-        require(self, "vllm_importance_sampling_clip_min", self.vllm_importance_sampling_clip_min is None
-                or self.vllm_importance_sampling_clip_min >= 0, "must be >= 0 (a ratio), or null = no bound")
-        require(self, "vllm_importance_sampling_clip_max", self.vllm_importance_sampling_clip_max is None
-                or self.vllm_importance_sampling_clip_max > 0, above_zero)
         low, high = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
+        require(self, "vllm_importance_sampling_clip_min", low is None or low >= 0,
+                "must be >= 0 (a ratio), or null = no bound")
+        require(self, "vllm_importance_sampling_clip_max", high is None or high > 0,
+                "must be > 0 (a ratio), or null = no bound")
         require(self, "vllm_importance_sampling_clip_max", low is None or high is None or high > low,
                 f"must be > vllm_importance_sampling_clip_min = {low}")
-        require(self, "vllm_importance_sampling_mode", self.vllm_importance_sampling_mode in IS_MODES and not (
+        require(self, "vllm_importance_sampling_mode", not (
             self.vllm_importance_sampling_mode.endswith("truncate") and low is None and high is None),
                 "a *_truncate mode needs vllm_importance_sampling_clip_min or _clip_max (grpo.correction [C5])")
         if not self.use_vllm:
@@ -208,13 +206,13 @@ class VLLMEngine:
                                 "vllm_gpu_memory_utilization is the fraction of GPU memory, of RAM on the CPU "
                                 "build, that vLLM may use in all; VLLM_CPU_KVCACHE_SPACE=<GiB> sets the CPU KV "
                                 "cache directly)") from None
+        # every weight reload warns that RotaryEmbedding (it has no weights) "failed to load": not a problem
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         return cls(llm, sleep_mode=s.vllm_enable_sleep_mode, start_seconds=time.perf_counter() - t0)
 
     def sync(self, model) -> float:
         """Push the trainer's weights into vLLM and reset its prefix cache [V5]; returns the seconds taken."""
         t0 = time.perf_counter()
-        # every reload warns that RotaryEmbedding (no weights) "failed to load": silenced, not a problem
-        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         if self.asleep:
             self.llm.wake_up(tags=["weights"])  # [V7]
         weights = list(checkpoint_weights(model))
@@ -274,12 +272,9 @@ def rollout_from_outputs(tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch
                 [d[t].logprob if d and t in d else float("nan") for d, t in zip(c.logprobs, c.token_ids)])
     in_row = torch.arange(T)[None, :] < lengths[:, None]  # [N, T] tokens vLLM gave (the rest is padding)
     stop_at = stop_string_positions(tokenizer, ids, stop_strings)  # [N]
-    last = (lengths - 1).clamp(min=0)
-    vllm_stopped = torch.tensor([c.finish_reason == "stop" for c in rows])  # EOS, stop id or stop string
-    found = completion_mask(ids.masked_fill(~in_row, -1), eos_ids=eos_ids, stop_at=stop_at)[1]
-    stop_at = torch.where(vllm_stopped & ~found, last, stop_at)  # [V4]
     cmask, ended = completion_mask(ids.masked_fill(~in_row, -1), eos_ids=eos_ids, stop_at=stop_at)
-    cmask = cmask & in_row
+    missed = torch.tensor([c.finish_reason == "stop" for c in rows]) & ~ended  # vLLM saw a stop we do not [V4]
+    cmask, ended = (cmask | missed[:, None]) & in_row, ended | missed  # such a row ends at its last token
     ids = ids.masked_fill(~cmask, tokenizer.pad_token_id)
     texts = [tokenizer.decode(row[m], skip_special_tokens=True) for row, m in zip(ids, cmask)]
     return Rollout(prompt_ids=prompt_ids.repeat_interleave(G, 0), prompt_mask=prompt_mask.repeat_interleave(G, 0),
