@@ -5,6 +5,8 @@
              naming the rank [L1]
     steps    metrics = trainer.step(); rank 0 logs every logging_steps (metrics.jsonl, progress bar)
              and writes a checkpoint every save_steps
+    eval     with `evaluate` and `eval_steps`: a held-out evaluation before the first step, every
+             eval_steps steps and after the last one, one line each in eval.jsonl [L5]
     stop     Ctrl-C (SIGINT) or SIGTERM (what SLURM and Kubernetes send before they kill a job): the step
              in flight finishes, a checkpoint is written, the loop returns with `stopped_by` set (the
              scripts then exit with 128 + the signal: 130, 143; `--resume` continues from that step) [L3]
@@ -22,6 +24,10 @@
      line for each newer one it passes over and sets those aside; every other rank checks that same
      checkpoint before reading it. With checkpoints but none intact the run stops with one error
      listing them, rather than silently start again at step 0.
+
+[L5] The evaluation is collective (grpo.evaluation [E1]); rank 0 writes its metrics, keyed by the
+     step after which the model was evaluated (0: before training), and prints one line. A resumed run
+     keeps the lines up to its checkpoint's step and does not evaluate step 0 again.
 
 A trainer is anything with `step() -> dict[str, float]` and a `sampler` whose `state()` / `load_state()`
 capture the data order (GRPOTrainer, SegaTrainer).
@@ -62,10 +68,12 @@ class LoopResult:
 
 def train_steps(trainer, *, s: RunSettings, run: RunDir, model, tokenizer, optimizer, scheduler,
                 max_steps: int, base_name: str, rank: int = 0, desc: str = "train",
-                postfix: tuple[str, ...] = ("reward",)) -> LoopResult:
+                postfix: tuple[str, ...] = ("reward",), evaluate=None, eval_steps: int = 0,
+                eval_postfix: str = "reward") -> LoopResult:
     """Run `trainer.step()` up to `max_steps` with resume, checkpoints, SIGINT/SIGTERM and the final save
     (module docstring). `base_name` is what saved adapters record as their base model;
-    `postfix` names the metrics shown beside the progress bar."""
+    `postfix` names the metrics shown beside the progress bar; `evaluate() -> dict` is the held-out
+    evaluation run every `eval_steps` [L5], `eval_postfix` the metric it prints."""
     start = 0
     latest = agreed_checkpoint(run) if s.resume else None  # [L1]
     if latest is not None:
@@ -97,6 +105,21 @@ def train_steps(trainer, *, s: RunSettings, run: RunDir, model, tokenizer, optim
 
     writer = MetricsWriter(run.metrics_file, tensorboard_dir=run.path / "tb" if s.tensorboard else None,
                            truncate_after_step=start) if rank == 0 else None
+    evaluating = evaluate is not None and eval_steps > 0
+    eval_writer = MetricsWriter(run.path / "eval.jsonl", truncate_after_step=start) \
+        if evaluating and rank == 0 else None
+
+    def held_out(step: int) -> None:  # collective [L5]
+        metrics = evaluate()
+        if eval_writer is not None:
+            eval_writer.log(step, metrics)
+            stderr = metrics.get(f"{eval_postfix}_stderr")
+            print(f"\neval after step {step}: {eval_postfix} {metrics.get(eval_postfix, float('nan')):.4g}"
+                  + (f" ± {stderr:.2g}" if stderr is not None else "") + f" ({metrics.get('num_examples')} examples, "
+                  f"{metrics.get('seconds', 0):.0f}s)", file=sys.stderr)
+
+    if evaluating and start == 0:
+        held_out(0)
     bar = progress(range(start, max_steps), initial=start, total=max_steps, desc=desc,
                    disable=None if rank == 0 else True)  # None: shown on a terminal (or GRPO_PROGRESS=1)
     step, t_start = start, time.perf_counter()
@@ -116,6 +139,8 @@ def train_steps(trainer, *, s: RunSettings, run: RunDir, model, tokenizer, optim
                     print(f"\ninterrupted ({signal.Signals(signum).name}): saved {run.checkpoint(step)}; "
                           "continue with --resume", file=sys.stderr)
                 return LoopResult(step, time.perf_counter() - t_start, stopped_by=int(signum))
+            if evaluating and (step % eval_steps == 0 or step == max_steps):
+                held_out(step)
             if s.save_steps and step % s.save_steps == 0 and step < max_steps:
                 checkpoint(step)
         checkpoint(step)
@@ -125,8 +150,9 @@ def train_steps(trainer, *, s: RunSettings, run: RunDir, model, tokenizer, optim
         return LoopResult(step, time.perf_counter() - t_start)
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
+        for w in (writer, eval_writer):
+            if w is not None:
+                w.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

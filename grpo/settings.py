@@ -66,7 +66,7 @@ class TaskSettings(PromptSettings, ModelSettings):
     """The task a script trains or evaluates on: its data, prompts and reward functions."""
 
     task: str = "arithmetic"
-    """arithmetic (bundled default), gsm8k, reasoncheck, text_to_sql or score_model (see grpo/tasks.py)"""
+    """arithmetic (bundled default), drill, gsm8k, reasoncheck, text_to_sql or score_model (grpo/tasks.py)"""
     dataset: str = ""
     """data source overriding the task's default: a hub id, a .jsonl/.json file or a folder"""
     reward_funcs: list[str] = field(default_factory=list)
@@ -173,6 +173,17 @@ class GRPOSettings(RunSettings, OptimSettings, VLLMSettings, TaskSettings):
     """generation batches to train on"""
     micro_batch_size: int = 8
     """sequences per forward/backward pass (gradient accumulation over the batch)"""
+    # --- held-out evaluation during training (grpo.evaluation; outputs/<run>/eval.jsonl)
+    eval_steps: int = 0
+    """evaluate on held-out rows before the first step, every N steps and after the last (0 = off)"""
+    eval_split: str = "test"
+    """the task's split to evaluate on (rows training never sees)"""
+    eval_num_examples: Optional[int] = 200
+    """the first N rows of eval_split (null = all)"""
+    eval_batch_size: int = 32
+    """prompts decoded together in an evaluation (greedy, one completion each)"""
+    eval_max_new_tokens: Optional[int] = None
+    """most tokens per evaluation completion (null = max_completion_length)"""
     # --- run (and RunSettings: seed, logging_steps, save_steps, save_total_limit, resume, tensorboard)
     run_name: str = "grpo"
     """run folder: a name under outputs/ ($GRPO_OUTPUT_ROOT) or a path containing '/'"""
@@ -222,6 +233,12 @@ class GRPOSettings(RunSettings, OptimSettings, VLLMSettings, TaskSettings):
                 "(grpo.loss [D7])")
         at_least(self, "entropy_coef", 0, why="0 = off")
         at_least(self, "max_resample_rounds", 0)
+        # evaluation
+        at_least(self, "eval_steps", 0, why="0 = off")
+        at_least(self, "eval_num_examples", 1, why="null = all")
+        at_least(self, "eval_batch_size", 1)
+        at_least(self, "eval_max_new_tokens", 1, why="null = max_completion_length")
+        require(self, "eval_split", bool(self.eval_split), "must name a split of the task (e.g. test)")
         # optimisation
         at_least(self, "max_steps", 1)
         at_least(self, "micro_batch_size", 1)

@@ -2,6 +2,7 @@
 
     task          data (default source)                prompt format                     rewards (preset)
     arithmetic    bundled generated word problems      <reasoning>…</reasoning><answer>   reasoncheck (E)
+    drill         generated bare arithmetic, 5 levels  "37 + 5 =" → the number            numeric_correctness
     gsm8k         openai/gsm8k or a local JSONL        <start_working_out>…<SOLUTION>     gsm8k (B)
     reasoncheck   openai/gsm8k or a local JSONL        <reasoning>…</reasoning><answer>   reasoncheck (E)
     text_to_sql   bundled set or gretel-format JSONL   <reasoning>…</reasoning><sql>      text_to_sql (C)
@@ -42,9 +43,9 @@ class Task:
     stop_strings: tuple[str, ...] = ()
 
 
-DEFAULT_SOURCES = {"arithmetic": "arithmetic", "gsm8k": "openai/gsm8k", "reasoncheck": "openai/gsm8k",
+DEFAULT_SOURCES = {"arithmetic": "arithmetic", "drill": "generated", "gsm8k": "openai/gsm8k", "reasoncheck": "openai/gsm8k",
                    "text_to_sql": "bundled", "score_model": ""}
-PRESET_OF_TASK = {"arithmetic": "reasoncheck", "gsm8k": "gsm8k", "reasoncheck": "reasoncheck",
+PRESET_OF_TASK = {"arithmetic": "reasoncheck", "drill": "drill", "gsm8k": "gsm8k", "reasoncheck": "reasoncheck",
                   "text_to_sql": "text_to_sql", "score_model": "score_model"}
 
 
@@ -135,6 +136,15 @@ def load_task(name: str, *, source: str = "", split: str = "train", limit: int |
         rows = data.to_reasoning_prompts(data.load_gsm8k(source, split=split, limit=limit),
                                          system_prompt=ARITHMETIC_SYSTEM_PROMPT)
         rows = [{**r, "prompt_suffix": "<reasoning>\n"} for r in rows]
+    elif name == "drill":
+        from grpo.data.drill import drill_rows
+
+        if source != "generated":
+            raise UserError(f"task drill generates its problems: dataset {source!r} cannot be used with it")
+        try:
+            rows = drill_rows(split, limit=limit)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     elif name == "reasoncheck":
         rows = data.to_reasoning_prompts(data.load_gsm8k(source, split=split, limit=limit))
     elif name == "gsm8k":

@@ -57,6 +57,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "gsm8k": ("match_format_exactly", "match_format_approximately", "check_answer", "check_numbers"),
     "text_to_sql": ("sql_format", "sql_execution", "sql_complexity", "sql_reasoning_quality"),
     "reasoncheck": ("xml_count", "soft_format", "strict_format", "integer", "correctness"),
+    "drill": ("numeric_correctness",),  # ours: grpo.data.drill
 }
 
 

@@ -13,16 +13,16 @@ Steps:
     1. settings; the first `num_examples` rows of `split` (default `test`: rows training never sees) of
        the task, read before the model so that a bad dataset fails fast
     2. load the model to evaluate (eval mode, no new adapter)
-    3. one completion per prompt through grpo/generate.py: greedy by default (repeatable), or sampled
-       with the training sampler (`--greedy false`)
-    4. every reward function of the task on every completion, called exactly as in training
-       (grpo.tasks.task_rewards)
+    3.-4. grpo.evaluation: one completion per prompt through grpo/generate.py, greedy by default
+       (repeatable) or sampled with the training sampler (`--greedy false`); every reward function of the
+       task on every completion, called exactly as in training (grpo.tasks.task_rewards)
     5. write the per-example JSONL and the JSON summary (each atomically), print the table
 
-Metrics (printed, and in the summary JSON):
+Metrics (printed, and in the summary JSON; grpo.evaluation):
     <f>/mean            mean of reward function f (examples where f returned None are left out)
     <f>/rate            fraction of examples where f > 0: for a format reward, the format rate; for
-                        a correctness reward, the accuracy
+                        a correctness reward, the accuracy; <f>/rate_stderr its binomial standard error
+    <f>/rate/level_<k>  the rate per difficulty level (tasks whose rows have a `level`: drill)
     reward              mean weighted total (the training reward, without overlong punishment)
     mean_completion_tokens, truncated_fraction, seconds, tokens_per_second
 
@@ -35,20 +35,18 @@ import dataclasses
 import json
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grpo.advantages import weighted_rewards  # noqa: E402
 from grpo.config import UserError, at_least, cli_main, parse_settings, path_name  # noqa: E402
 from grpo.generate import GenerationSettings  # noqa: E402
+from grpo.evaluation import evaluate_task  # noqa: E402
 from grpo.models import load_model_from_settings  # noqa: E402
 from grpo.run import atomic_write_json, atomic_write_text, output_file, seed_everything  # noqa: E402
 from grpo.settings import TaskSettings  # noqa: E402
-from grpo.tasks import task_rewards  # noqa: E402
 
 
 @dataclass
@@ -73,52 +71,33 @@ class EvalGRPOSettings(GenerationSettings, TaskSettings):
         path_name(self, "output_file", kind="file")
 
 
-def summarise(names: list[str], per_function, weights: list[float]) -> dict[str, float]:
-    """Per reward function: mean over non-NaN values and the rate of values > 0; the weighted total's mean."""
-    out: dict[str, float] = {}
-    for j, name in enumerate(names):
-        col = per_function[:, j]  # [N]
-        valid = col[~col.isnan()]
-        out[f"{name}/mean"] = float(valid.mean()) if valid.numel() else math.nan
-        out[f"{name}/rate"] = float((valid > 0).float().mean()) if valid.numel() else math.nan
-    total = weighted_rewards(per_function.unsqueeze(1), weights).squeeze(1)  # [N]
-    out["reward"] = float(total.nanmean())
-    return out
-
-
 def main() -> None:
     # 1. settings and rows
     s = parse_settings(EvalGRPOSettings, section="eval", description=__doc__)
     task = s.load_task(split=s.split, limit=s.num_examples)
     if not task.rows:
         raise UserError(f"task {s.task!r} [{s.split}] has no rows")
-    weights = s.reward_weights or [1.0] * len(task.reward_funcs)  # one per function (TaskSettings.validate)
-    suffixes = {r.get("prompt_suffix", "") for r in task.rows}
-    if len(suffixes) != 1:
+    if len({r.get("prompt_suffix", "") for r in task.rows}) != 1:
         raise UserError(f"task {s.task!r}: rows with different prompt_suffix values cannot be batched")
+    weights = s.reward_weights or [1.0] * len(task.reward_funcs)  # one per function (TaskSettings.validate)
     path = output_file(s.output_file, "eval")
     seed_everything(s.seed)
 
     # 2. model
     model, tok = load_model_from_settings(s, trainable=False, model=s.model_path or None)
 
-    # 3. generation
-    t0 = time.perf_counter()
-    gen = s.generate(model, tok, [r["prompt"] for r in task.rows], prompt_suffix=suffixes.pop(), desc="eval")
-    seconds = time.perf_counter() - t0
-
-    # 4. rewards
-    per_function = task_rewards(task, task.rows, gen.texts)  # [N, F]
-    n = len(task.rows)
-    metrics = {**summarise(task.reward_names, per_function, weights), "num_examples": n,
-               "mean_completion_tokens": sum(gen.lengths) / n, "truncated_fraction": sum(gen.truncated) / n,
-               "seconds": seconds, "tokens_per_second": sum(gen.lengths) / max(seconds, 1e-9)}
+    # 3.-4. generation and rewards (grpo.evaluation)
+    result = evaluate_task(model, tok, task, weights=weights, batch_size=s.batch_size,
+                           max_new_tokens=s.max_new_tokens, greedy=s.greedy, temperature=s.temperature,
+                           top_k=s.top_k, top_p=s.top_p, max_prompt_length=s.max_prompt_length, bf16=s.bf16)
+    metrics = result.metrics
 
     # 5. outputs
     records = []
-    for row, text, values in zip(task.rows, gen.texts, per_function.tolist()):
+    for row, text, values in zip(task.rows, result.texts, result.per_function.tolist()):
         prompt = row["prompt"] if isinstance(row["prompt"], str) else row["prompt"][-1]["content"]
         records.append({"prompt": prompt, "reply": row.get("prompt_suffix", "") + text,
+                        **({"level": row["level"]} if "level" in row else {}),
                         **{name: (None if math.isnan(v) else v) for name, v in zip(task.reward_names, values)}})
     atomic_write_text(path.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for r in records))
     atomic_write_json(path, {"model": s.model_path or s.model, "task": s.task, "split": s.split, **metrics,

@@ -14,7 +14,8 @@ One step (grpo/trainer.py, ALGORITHMS.md §2–3):
                  all-reduce of the gradients across ranks, clip, AdamW step, LR schedule
     5. log/save  metrics.jsonl + progress bar; checkpoint every save_steps; reward curve PNG at the end
 
-Outputs in outputs/<run_name>/: config.json, metrics.jsonl, checkpoints/step-N/, final/, reward_curve.png.
+Outputs in outputs/<run_name>/: config.json, metrics.jsonl, checkpoints/step-N/, final/, reward_curve.png,
+and with --eval-steps N eval.jsonl: held-out metrics (grpo.evaluation) at step 0, every N steps and at the end.
 One run per folder (grpo.run_claim): a fresh run refuses a folder that holds a run (use `--resume`, another
 `--run-name`, or `--overwrite` to replace it), and a second run into a folder in use stops at once.
 Ctrl-C (exit 130) and SIGTERM from a scheduler (exit 143) save a checkpoint before exiting; `--resume`
@@ -58,7 +59,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from grpo.sharding import prepare_model  # noqa: E402
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -72,6 +72,7 @@ from grpo.plots import plot_reward_curve  # noqa: E402
 from grpo.run import run_folder, seed_everything  # noqa: E402
 from grpo.run_claim import MODEL_KEYS, check_run_folder, claim_run_folder  # noqa: E402
 from grpo.settings import GRPOSettings  # noqa: E402
+from grpo.sharding import prepare_model  # noqa: E402
 from grpo.trainer import GRPOTrainer  # noqa: E402
 
 
@@ -100,6 +101,22 @@ def start_engine(s: TrainGRPOSettings, model, model_name: str, *, rank: int):
     return engine
 
 
+def held_out_evaluation(s: TrainGRPOSettings, model, tok, task) -> dict:
+    """The loop's `evaluate` (grpo.evaluation, greedy) and the metric it prints: the rate of the only reward
+    function (the accuracy for the drill task), else the weighted reward."""
+    from grpo.evaluation import evaluate_task
+
+    weights = s.reward_weights or [1.0] * len(task.reward_funcs)
+
+    def evaluate() -> dict:
+        return evaluate_task(model, tok, task, weights=weights, batch_size=s.eval_batch_size,
+                             max_new_tokens=s.eval_max_new_tokens or s.max_completion_length,
+                             max_prompt_length=s.max_prompt_length, bf16=s.bf16, desc="eval").metrics
+
+    return {"evaluate": evaluate,
+            "eval_postfix": f"{task.reward_names[0]}/rate" if len(task.reward_names) == 1 else "reward"}
+
+
 def main() -> None:
     s = parse_settings(TrainGRPOSettings, description=__doc__, print_config=dd.env_rank() == 0, section="grpo")
     check_run_folder(run_folder(s.run_name), s, frozen=FROZEN_ON_RESUME)  # cheap, before anything loads
@@ -108,6 +125,9 @@ def main() -> None:
     seed_everything(s.seed + rank)  # ranks sample different completions; data order is shared
 
     task = s.load_task(limit=s.dataset_limit)
+    eval_task = s.load_task(split=s.eval_split, limit=s.eval_num_examples) if s.eval_steps else None
+    if eval_task is not None and not eval_task.rows:
+        raise UserError(f"eval_split: task {s.task!r} [{s.eval_split}] has no rows")
     run = claim_run_folder(run_folder(s.run_name), s, rank=rank, frozen=FROZEN_ON_RESUME,
                            outputs=("reward_curve.png",))  # lock, config (grpo.run_claim)
     model_name = s.base_model or s.model
@@ -131,7 +151,8 @@ def main() -> None:
     result = train_steps(trainer, s=s, run=run, model=model, tokenizer=tok, optimizer=optimizer,
                          scheduler=scheduler, max_steps=s.max_steps, rank=rank, desc="grpo",
                          base_name=adapter_base_name(model_name, cache_dir=s.model_cache_dir or None),
-                         postfix=("reward", "completion_length"))
+                         postfix=("reward", "completion_length"), eval_steps=s.eval_steps,
+                         **(held_out_evaluation(s, model, tok, eval_task) if eval_task else {}))
     dd.shutdown()  # every rank leaves torch.distributed together (grpo.distributed [D5])
     if engine is not None:
         engine.close()  # after: vLLM's shutdown destroys the default process group (grpo.vllm_engine [V8])

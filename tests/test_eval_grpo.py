@@ -14,7 +14,7 @@ from grpo.tasks import load_task, task_rewards
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from eval_grpo import summarise  # noqa: E402
+from grpo.evaluation import summarise  # noqa: E402
 
 
 def test_task_rewards_score_the_primed_reply_like_training():
@@ -33,6 +33,15 @@ def test_summarise_reports_means_rates_and_skips_none():
     assert out["format/mean"] == 0.25 and out["format/rate"] == 0.5
     assert out["correct/mean"] == pytest.approx(2 / 3) and out["correct/rate"] == pytest.approx(1 / 3)
     assert out["reward"] == pytest.approx((2.5 + 0.0 + 0.5 + 0.0) / 4)  # a None term counts as absent
+
+
+def test_summarise_gives_the_binomial_stderr_and_rates_per_level():
+    table = torch.tensor([[1.0], [0.0], [1.0], [1.0], [0.0], [float("nan")]], dtype=torch.float64)  # [N=6, F=1]
+    out = summarise(["acc"], table, [1.0], levels=[1, 1, 2, 2, 3, 3])
+    assert out["acc/rate"] == 0.6  # 3 of the 5 scored
+    assert out["acc/rate_stderr"] == pytest.approx(math.sqrt(0.6 * 0.4 / 5), rel=1e-12)
+    assert (out["acc/rate/level_1"], out["acc/rate/level_2"], out["acc/rate/level_3"]) == (0.5, 1.0, 0.0)
+    assert "acc/rate/level_1" not in summarise(["acc"], table, [1.0])  # rows without a level column
 
 
 def _run(tmp_path, *args):

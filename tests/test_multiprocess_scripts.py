@@ -88,6 +88,23 @@ def test_grpo_on_two_ranks_keeps_identical_replicas_builds_the_cache_once_and_re
     assert got == want  # rank 1 sampling rank 0's restored stream would change step 3
 
 
+def test_held_out_evaluation_on_two_ranks_equals_one_process_on_the_final_model(tmp_path):
+    env = {**_env(tmp_path), "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}  # grpo_helpers' reward
+    task = ["--task", "drill", "--reward-funcs", "grpo_helpers:vowel_fraction"]
+    out = torchrun("train_grpo.py", [*GRPO_TINY, *task, "--max-steps", 2, "--run-name", "ev", "--eval-steps", 2,
+                                     "--eval-num-examples", 7, "--eval-batch-size", 2], env)  # 4 + 3 rows
+    assert out.returncode == 0, out.stderr[-4000:]
+    rows = stable(read_metrics(tmp_path / "outputs" / "ev" / "eval.jsonl"))
+    assert [r["step"] for r in rows] == [0, 2] and rows[-1]["num_examples"] == 7
+    args = [*task, "--num-examples", 7, "--model-path", tmp_path / "outputs" / "ev" / "final", "--batch-size", 2,
+            "--max-new-tokens", 8, "--output-file", tmp_path / "one.json"]
+    one = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_grpo.py"), *map(str, args)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    summary = json.loads((tmp_path / "one.json").read_text())
+    assert {k: summary[k] for k in rows[-1] if k != "step"} == {k: v for k, v in rows[-1].items() if k != "step"}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -120,3 +120,48 @@ def test_training_on_from_an_adapter_saves_an_adapter_of_the_original_base(env, 
     ids = torch.tensor([[1, 5, 9, 13, 17]])
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(ids).logits, expected(ids).logits, rtol=0, atol=0)
+
+
+# the drill task's rows with a reward a tiny random model moves within a few steps (a text-dependent metric)
+DRILL = [*TINY, "--task", "drill", "--max-completion-length", "8", "--reward-funcs", "grpo_helpers:vowel_fraction"]
+EVAL = ["--eval-steps", "2", "--eval-num-examples", "6", "--eval-batch-size", "4"]
+EVAL_VOLATILE = ("seconds", "tokens_per_second")
+
+
+def eval_rows(path):
+    return [{k: v for k, v in r.items() if k not in EVAL_VOLATILE} for r in read_metrics(path)]
+
+
+def test_held_out_evaluation_during_training_matches_eval_script_and_leaves_training_unchanged(env, tmp_path):
+    env = {**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    plain = run([*DRILL, "--max-steps", "3", "--run-name", "plain"], env)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    out = run([*DRILL, *EVAL, "--max-steps", "3", "--run-name", "ev"], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "eval after step 0: grpo_helpers:vowel_fraction/rate" in out.stderr
+    runs = tmp_path / "outputs"
+    assert stable(read_metrics(runs / "ev" / "metrics.jsonl")) == stable(read_metrics(runs / "plain" / "metrics.jsonl"))
+    rows = read_metrics(runs / "ev" / "eval.jsonl")
+    assert [r["step"] for r in rows] == [0, 2, 3]  # before training, every 2 steps, after the last
+    assert all(r["num_examples"] == 6 and "grpo_helpers:vowel_fraction/rate/level_5" in r for r in rows)
+    assert len({r["grpo_helpers:vowel_fraction/mean"] for r in rows}) > 1  # the model as trained, not the base
+    script = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval_grpo.py"), "--task", "drill",
+                             "--reward-funcs", "grpo_helpers:vowel_fraction",
+                             "--model-path", str(runs / "ev" / "final"), "--num-examples", "6", "--batch-size", "4",
+                             "--max-new-tokens", "8", "--output-file", str(tmp_path / "after.json")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert script.returncode == 0, script.stderr[-3000:]
+    after = json.loads((tmp_path / "after.json").read_text())
+    last = {k: v for k, v in rows[-1].items() if k != "step" and k not in EVAL_VOLATILE}
+    assert {k: after[k] for k in last} == last
+
+
+def test_resumed_run_keeps_its_held_out_curve_and_does_not_repeat_step_0(env, tmp_path):
+    env = {**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    assert run([*DRILL, *EVAL, "--max-steps", "4", "--run-name", "full"], env).returncode == 0
+    assert run([*DRILL, *EVAL, "--max-steps", "2", "--run-name", "cut"], env).returncode == 0
+    again = run([*DRILL, *EVAL, "--max-steps", "4", "--run-name", "cut", "--resume"], env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "eval after step 0" not in again.stderr
+    full, cut = (eval_rows(tmp_path / "outputs" / r / "eval.jsonl") for r in ("full", "cut"))
+    assert [r["step"] for r in cut] == [0, 2, 4] and cut == full
