@@ -99,6 +99,9 @@ class BenchSettings(GRPOSettings):
     """output prefix: <out>.md, <out>.csv, <out>.json ('' = print only)"""
     profile: bool = False
     """after the timed steps, one more step per framework under torch.profiler (not timed): top operators"""
+    save_adapters: str = ""
+    """folder: each framework saves its adapter as <framework>/step-<k> every eval_steps steps (warm-up
+    included) and after the last, untimed (scripts/compare_trl.py evaluates them; '' = none)"""
 
     def validate(self) -> None:
         """Ranges, and what TRL can run, checked before any worker starts (grpo.config [D9])."""
@@ -171,6 +174,15 @@ class _Profiler:
                         "calls": e.count} for e in ops[:rows]}
 
 
+def _save_adapter(s: BenchSettings, framework: str, model, tok, step: int, total: int) -> None:
+    """--save-adapters: the adapter after `step` as <save_adapters>/<framework>/step-<k>, every eval_steps and
+    after the last step (outside the timed region)."""
+    if s.save_adapters and ((s.eval_steps and step % s.eval_steps == 0) or step == total):
+        from grpo.checkpoint import save_model
+
+        save_model(model, tok, Path(s.save_adapters) / framework / f"step-{step:06d}", base_name=s.model)
+
+
 def _build_common(s: BenchSettings):
     """seed → task → model + LoRA, identically in both workers; the hash of the initial trainable weights."""
     import torch
@@ -232,6 +244,7 @@ def _ours_worker(s: BenchSettings, emit, commands, *, use_vllm: bool = False) ->
             with profiler:
                 m = trainer.step()
         seconds = time.perf_counter() - t0
+        _save_adapter(s, "ours-vllm" if use_vllm else "ours", model, tok, i + 1, total)
         emit({**({"profile": profiler.table()} if profiler else {}),
               "seconds": seconds, "tokens": m["completion_length"] * N, "reward": m["reward"], "gen_s": m["time/generate"], "score_s": m["time/score"], "update_s": m["time/update"],
               "sync_s": m.get("time/sync_weights", 0.0),
@@ -264,6 +277,7 @@ def _trl_worker(s: BenchSettings, emit, commands) -> None:
     order = PromptSampler(len(task.rows), s.seed).next(s.prompts_per_step * total)  # our data order
     columns = [k for k in task.rows[0] if k != "prompt"]  # what our trainer passes as **columns
     rows = [{**{k: task.rows[i][k] for k in columns}, "prompt_messages": task.rows[i]["prompt"],
+             "prompt_suffix": task.rows[i].get("prompt_suffix", ""),  # rows may have none (drill)
              "prompt": tok.apply_chat_template(task.rows[i]["prompt"], tokenize=False, add_generation_prompt=True)
              + task.rows[i].get("prompt_suffix", "")} for i in order]  # the text our encode_prompts builds
     out_dir = tempfile.mkdtemp(prefix="bench-trl-")  # TRL insists on one; nothing is saved there
@@ -309,6 +323,7 @@ def _trl_worker(s: BenchSettings, emit, commands) -> None:
                 "len": state["tokens"] / N, "truncated_frac": trainer._metrics["train"]["completions/clipped_ratio"][-1],
                 "prompts": state["prompts"], "gen_peak_mb": state["gen_peak_mb"], "update_peak_mb": PEAK.read(),
                 "rss_mb": proc_status_mb("VmRSS"), "load1": os.getloadavg()[0]}
+            _save_adapter(s, "trl", model, tok, st.global_step, total)
 
         def on_train_end(self, args, st, control, **kw):
             self._flush()
