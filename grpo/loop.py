@@ -27,7 +27,8 @@
 
 [L5] The evaluation is collective (grpo.evaluation [E1]); rank 0 writes its metrics, keyed by the
      step after which the model was evaluated (0: before training), and prints one line. A resumed run
-     keeps the lines up to its checkpoint's step and does not evaluate step 0 again.
+     keeps the lines up to its checkpoint's step and evaluates that step only when it is due and has no
+     line yet (a signal stops a run before the evaluation of its last step).
 
 A trainer is anything with `step() -> dict[str, float]` and a `sampler` whose `state()` / `load_state()`
 capture the data order (GRPOTrainer, SegaTrainer).
@@ -45,7 +46,7 @@ from grpo.checkpoint import (load_checkpoint, newest_intact, prune_checkpoints, 
                              set_aside)
 from grpo.config import UserError
 from grpo.sharding import full_optimizer_state, full_state_dict
-from grpo.run import MetricsWriter, RunDir, RunSettings, list_checkpoints, progress, rng_state
+from grpo.run import MetricsWriter, RunDir, RunSettings, list_checkpoints, progress, read_metrics, rng_state
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # [L3]
 
@@ -118,8 +119,10 @@ def train_steps(trainer, *, s: RunSettings, run: RunDir, model, tokenizer, optim
                   + (f" ± {stderr:.2g}" if stderr is not None else "") + f" ({metrics.get('num_examples')} examples, "
                   f"{metrics.get('seconds', 0):.0f}s)", file=sys.stderr)
 
-    if evaluating and start == 0:
-        held_out(0)
+    if evaluating and (start == 0 or start % eval_steps == 0):  # step 0, or a step a signal cut before its eval
+        done = rank == 0 and any(r.get("step") == start for r in read_metrics(run.path / "eval.jsonl"))
+        if not dd.all_gather_objects(done)[0]:
+            held_out(start)
     bar = progress(range(start, max_steps), initial=start, total=max_steps, desc=desc,
                    disable=None if rank == 0 else True)  # None: shown on a terminal (or GRPO_PROGRESS=1)
     step, t_start = start, time.perf_counter()
