@@ -3,6 +3,8 @@
 Run (needs the optional `bench` extra, TRL):
     python scripts/compare_trl.py                                  # smollm2-135m + LoRA, arithmetic task, 30 steps
     python scripts/compare_trl.py --model tiny-llama --max-steps 6 --out /tmp/cmp     # quick check
+    python scripts/compare_trl.py --config configs/recipe_drill.json --out docs/compare_trl_drill   # + held-out
+        accuracy every eval_steps (a sectioned config is read as `common` + `grpo`, as train_grpo.py reads it)
 
 Steps:
  1. Both runs are made by scripts/bench_grpo_step.py in one command (its worker subprocesses, lock-step, ABBA
@@ -163,7 +165,7 @@ def markdown(rows: dict[str, dict], title: str) -> str:
 
 
 def main() -> None:
-    s = parse_settings(CompareSettings, description=__doc__)
+    s = parse_settings(CompareSettings, description=__doc__, section="grpo")  # a recipe: common + grpo
     command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="compare-trl-") as tmp:
         bench = run_bench(s, Path(tmp))
