@@ -3,7 +3,7 @@
     score_completions   rewards [B, G] (weighted sum, float64) and per function, from the task's functions
     replace_flat_groups dynamic sampling `resample`: informative groups of another batch in place of flat ones
     step_metrics        the per-step metrics, over every rank (glossary in scripts/train_grpo.py)
-    mismatch_metrics    TRL's sampler–trainer metrics (grpo.correction) when vLLM sampled (grpo.trainer [D12])
+    mismatch_metrics    TRL's sampler–trainer metrics (grpo.correction) when vLLM or our bf16 loop sampled [D12]
 
 The trainer (grpo/trainer.py) tags the lines these serve with its own [Dn] notes.
 """

@@ -49,6 +49,18 @@ Per step, for the N = B·G rows (prompts repeated G times):
      computes (W·xᵀ)ᵀ, which MKL splits over W's rows; x·Wᵀ with 8 rows ran at 2/3 of that speed on 2
      threads (and faster on 1, where the order is kept). Both change only the rounding of the logits (the
      recorded log-probs match a forward pass of the unmerged model to 1e-5, tests/test_decode.py).
+[G9] bf16 sampler (Sampling.linear_dtype = "bfloat16"; off by default, GRPOSettings.sampler_dtype): within
+     the block every patched layer of [G8] (plain nn.Linear, the LM head included, and LoRA layers with
+     their merged W + ΔW) holds a bf16 copy of its weight, half the bytes a decoding step reads; a step's
+     rows x [N, 1, D] (one position per row, any N) are cast to bf16, run through the same mm (torch's CPU
+     bf16 mm accumulates in fp32 and rounds its output to bf16), and the result is cast back to x's dtype,
+     where the bias (kept in x's dtype: D values, nothing to save) is added. So the logits of every sampled
+     token come from bf16 matmuls, while the prompt's prefill (several positions per row, however few rows)
+     runs the module's own fp32 path and the trainer still scores in fp32: a different distribution from
+     the fp32 policy, and the recorded log-probs and entropies are the bf16 sampler's own.
+     The rollout says so (Rollout.sampler = "hf-bf16"), and the trainer applies the sampler–trainer IS
+     correction to it as to vLLM's (grpo.trainer [D12], ALGORITHMS.md §5). The bf16 copies exist only while
+     sampling; the model's weights are untouched. With linear_dtype = "float32" (default) nothing changes.
 """
 from __future__ import annotations
 
@@ -117,17 +129,26 @@ class _StopStrings:
 
 
 FEW_ROWS = 64  # [G8] a decoding step's rows; a prefill of many tokens keeps the module's own path
+LINEAR_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}  # Sampling.linear_dtype → the copies' dtype [G9]
 
 
-def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default):
-    """forward(x) = x·Wᵀ + b, computed as (W·xᵀ)ᵀ when several threads share it and x has few rows [G8]."""
+def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: torch.dtype | None = None):
+    """forward(x) = x·Wᵀ + b, computed as (W·xᵀ)ᵀ when several threads share it and x has few rows [G8];
+    with `cast` (bf16 [G9]) for a decoding step's x [N, 1, in] only, from a copy of W in that dtype, x cast
+    to it and the result cast back (any other x: the module's own path)."""
     transpose = torch.get_num_threads() > 1 and weight.device.type == "cpu"  # MKL's split over W's rows
+    dtype = weight.dtype  # what x must be for this path (the model's weights' dtype)
+    if cast is not None:
+        weight = weight.to(cast)  # [out, in], dropped with the patch on exit [G9]
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if args or kwargs or x.dim() < 2 or x.numel() // x.shape[-1] > FEW_ROWS or x.dtype != weight.dtype:
+        few = x.dim() >= 2 and x.numel() // x.shape[-1] <= FEW_ROWS
+        step = x.dim() == 3 and x.shape[1] == 1  # [N, 1, in]: one position per row, a decoding step [G9]
+        if args or kwargs or not (step if cast is not None else few) or x.dtype != dtype:
             return default(x, *args, **kwargs)
-        rows = x.reshape(-1, x.shape[-1])  # [n, in]
-        y = torch.mm(weight, rows.t()).t().contiguous() if transpose else torch.mm(rows, weight.t())  # [n, out]
+        rows = x.reshape(-1, x.shape[-1]).to(weight.dtype)  # [n, in]; a no-op without `cast`
+        y = torch.mm(weight, rows.t()).t().contiguous() if transpose and few else torch.mm(rows, weight.t())  # [n, out]
+        y = y.to(x.dtype)  # a no-op without `cast`
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], weight.shape[0])
@@ -136,22 +157,27 @@ def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default):
 
 
 @contextlib.contextmanager
-def decoding_linears(model):
+def decoding_linears(model, dtype: str = "float32"):
     """Within the block, the linear layers of `model` run a decoding step's few rows fast [G8]: a plain
     nn.Linear as (W·xᵀ)ᵀ, a LoRA layer with its adapter merged, W + ΔW (grpo.policy.merged_lora_weight),
-    computed once here and dropped on exit; the model's own weights are not touched."""
+    computed once here and dropped on exit; the model's own weights are not touched.
+    dtype: "float32" (the weights as they are) or "bfloat16", bf16 copies of W (or W + ΔW) for every
+    decoding step's rows [G9]."""
     from grpo.policy import lora_layers, merged_lora_weight
 
+    if dtype not in LINEAR_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(LINEAR_DTYPES)}, got {dtype!r}")
+    cast = LINEAR_DTYPES[dtype]
     patched = []
     lora = dict(lora_layers(model))  # name → PEFT LoRA layer that is active and not merged
     inside_lora = {f"{name}.{child}" for name in lora for child, _ in lora[name].named_modules() if child}
     for name, m in model.named_modules():
         if name in lora:
             base = m.get_base_layer()
-            m.forward = _few_rows(merged_lora_weight(m), base.bias, m.forward)
+            m.forward = _few_rows(merged_lora_weight(m), base.bias, m.forward, cast)
             patched.append(m)
         elif type(m) is torch.nn.Linear and name not in inside_lora:
-            m.forward = _few_rows(m.weight, m.bias, m.forward)
+            m.forward = _few_rows(m.weight, m.bias, m.forward, cast)
             patched.append(m)
     try:
         yield
@@ -171,7 +197,7 @@ def decode(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     static_cache: a preallocated KV cache [G6] (else transformers' DynamicCache, concatenated per step);
     draw: "inverse_cdf" [G7] or "multinomial" (torch.multinomial, as `generate` draws [G2]).
     """
-    with decoding_linears(model):  # [G8]
+    with decoding_linears(model, sampling.linear_dtype):  # [G8] [G9]
         return _decode(model, tokenizer, prompt_ids, prompt_mask, G=G, sampling=sampling, eos_ids=eos_ids,
                        static_cache=static_cache, draw=draw)
 

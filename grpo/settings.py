@@ -119,6 +119,10 @@ class GRPOSettings(RunSettings, OptimSettings, VLLMSettings, TaskSettings):
     """min-p sampling (0 = off)"""
     stop_strings: list[str] = field(default_factory=list)
     """extra strings that end a completion (the task may add its own)"""
+    sampler_dtype: Literal["float32", "bfloat16"] = "float32"
+    """dtype of the linear layers in our decoding loop's steps: bfloat16 halves the weight bytes read per token (CPUs
+    with avx512_bf16, GPUs); a different distribution from the fp32 policy, so the sampler–trainer IS correction
+    applies (vllm_importance_sampling_*; ALGORITHMS.md §5; grpo.decode [G9])"""
     # --- objective
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo", "luspo", "cispo", "sapo", "vespo"] = "dapo"
     """surrogate + aggregation (ALGORITHMS.md §2, §2b): clipped grpo, dapo, dr_grpo, bnpo, luspo; cispo sapo vespo"""
@@ -199,6 +203,8 @@ class GRPOSettings(RunSettings, OptimSettings, VLLMSettings, TaskSettings):
         at_least(self, "num_generations", 2, why="the group baseline needs two completions per prompt")
         at_least(self, "max_completion_length", 1)
         check_sampling(self)
+        require(self, "sampler_dtype", self.sampler_dtype == "float32" or self.dtype in ("float32", "fp32"),
+                f"bfloat16 needs float32 weights, not dtype = {self.dtype} (the sampler would read no fewer bytes)")
         # objective
         at_least(self, "adv_eps", 0)
         within(self, "epsilon", 0, 1, why="the ratio's lower clip is 1 - epsilon")

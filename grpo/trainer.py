@@ -30,8 +30,9 @@ One *step* is one generation batch: B prompts (split over ranks) × G completion
      when sampled, as TRL does, or their rows are dropped before the first step (`prompt_overflow`);
      counted in `prompts/truncated` (grpo.data.prompts). A 100 KB question no longer reaches the model.
 [D11] The off-policy sequence mask (off_policy_mask_threshold) compares the sampler's log-probs with lp_θ:
-     with vLLM sampling those are vLLM's (TRL likewise); on the HF path they are lp_old, so at μ = 1, where
-     lp_old = sg[lp_θ], it keeps every sequence and acts from the second pass on (grpo.surrogates [D4]).
+     with vLLM sampling those are vLLM's (TRL likewise), with our bf16 loop its own [D12]; on the fp32 HF path
+     they are lp_old, so at μ = 1, where lp_old = sg[lp_θ], it keeps every sequence and acts from the second
+     pass on (grpo.surrogates [D4]).
 [D12] With vLLM as the sampler (grpo.vllm_engine) lp_old is the trainer's own, never vLLM's: at μ = 1 it is
      sg[lp_θ] of the gradient pass itself, as [D1] (the numbers a separate no-grad forward would give; TRL
      spends that forward, ~1/3 of the update here), else the no-grad pass of [D1]. The entropies for the
@@ -41,6 +42,11 @@ One *step* is one generation batch: B prompts (split over ranks) × G completion
      (grpo.correction, ALGORITHMS.md §5); the mismatch metrics are logged with or without it.
      The trainer's weights reach vLLM before every sampling that follows an optimiser step, and before
      the first (an adapter, a resumed checkpoint or rank 0's broadcast differ from the files vLLM loaded).
+     Our own loop in bf16 (sampler_dtype, grpo.decode [G9]; Rollout.sampler "hf-bf16") is another sampler
+     too: lp_old is the trainer's fp32 one as above, and the IS weight and the mismatch metrics compare it
+     with the bf16 loop's log-probs. Unlike vLLM it records entropies, of the distribution it sampled, and
+     those are kept: `sampling_entropy` then describes what was sampled, forking tokens rank by it at the
+     first pass as on the fp32 path [D3] (a bf16 rounding away from the trainer's), and no forward is added.
 """
 from __future__ import annotations
 
@@ -116,7 +122,8 @@ class GRPOTrainer:
         self.sampler = PromptSampler(len(self.task.rows), cfg.seed)
         self.sampling = Sampling(max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
                                  top_p=cfg.top_p, top_k=cfg.top_k, min_p=cfg.min_p,
-                                 stop_strings=tuple(cfg.stop_strings) or task.stop_strings)
+                                 stop_strings=tuple(cfg.stop_strings) or task.stop_strings,
+                                 linear_dtype=cfg.sampler_dtype)  # grpo.decode [G9]
         self.weights = cfg.reward_weights or [1.0] * len(task.reward_funcs)
         if len(self.weights) != len(task.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.weights)} entries for {len(task.reward_funcs)} "
@@ -233,11 +240,12 @@ class GRPOTrainer:
         num_with_tokens = dd.all_reduce_sum(loss_mask.any(-1).sum().float())  # weight of per-sequence stats
         model = self.model
         self.model.train()
-        from_engine = r.sampler != "hf"  # [D12]
+        from_engine = r.sampler != "hf"  # vLLM or our bf16 loop: the IS correction applies [D12]
+        no_entropy = r.sampler == "vllm"  # vLLM records no entropies; our bf16 loop does, and keeps them [D12]
         old_logp = None
-        if cfg.num_iterations > 1 or (from_engine and cfg.top_entropy_quantile < 1.0):  # [D1] [D12]
+        if cfg.num_iterations > 1 or (no_entropy and cfg.top_entropy_quantile < 1.0):  # [D1] [D12]
             old_logp, old_entropy = self._no_grad_pass(model, r, slices)
-            if from_engine:
+            if no_entropy:
                 r.entropy = old_entropy * r.completion_mask  # vLLM records none [D12]
         sampler_parts: list[dict[str, torch.Tensor]] = []  # grpo.correction.mismatch_stats per micro-batch
         ref_logp = None
@@ -264,7 +272,7 @@ class GRPOTrainer:
                     if it == 0:
                         sampler_parts.append(correction.mismatch_stats(old, r.logp[sl], r.completion_mask[sl], weight,
                                                                        mode=cfg.vllm_importance_sampling_mode))
-                        if old_logp is None:
+                        if old_logp is None and no_entropy:
                             r.entropy[sl] = entropy.detach() * r.completion_mask[sl]
                     weight = weight if cfg.vllm_importance_sampling_correction else None  # logged either way
                 loss, st = policy_loss(

@@ -85,7 +85,7 @@ class VLLMSettings:
     vllm_enforce_eager: bool = False
     """skip vLLM's torch.compile / CUDA graphs: starts in seconds instead of minutes, samples somewhat slower"""
     vllm_importance_sampling_correction: bool = True
-    """weight each token's loss by the sampler–trainer IS ratio (grpo.correction; ALGORITHMS.md §5)"""
+    """weight each token's loss by the sampler–trainer IS ratio (vLLM, sampler_dtype=bfloat16; ALGORITHMS.md §5)"""
     vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate",
                                            "sequence_mask"] = "sequence_mask"
     """token or sequence ratio exp(lp_old − lp_vllm), truncated to [clip_min, clip_max] or masked (0) outside"""
@@ -108,6 +108,14 @@ class VLLMSettings:
         require(self, "vllm_importance_sampling_mode", not (
             self.vllm_importance_sampling_mode.endswith("truncate") and low is None and high is None),
                 "a *_truncate mode needs vllm_importance_sampling_clip_min or _clip_max (grpo.correction [C5])")
+        bf16_sampler = getattr(self, "sampler_dtype", "float32") != "float32"  # our loop in bf16 (grpo.decode [G9])
+        require(self, "sampler_dtype", not (bf16_sampler and self.use_vllm),
+                "must be float32 with use_vllm = true: vLLM samples in its own dtype (this sets our decoding loop's)")
+        other_sampler = self.use_vllm or bf16_sampler  # the IS correction applies (ALGORITHMS.md §5)
+        require(self, "vllm_importance_sampling_mode", not other_sampler or getattr(self, "loss_type", "") != "vespo"
+                or not self.vllm_importance_sampling_correction or self.vllm_importance_sampling_mode.startswith("token"),
+                "must be token_truncate or token_mask with loss_type = vespo, which folds the token weights into its "
+                "sequence weight (grpo.loss)")
         if not self.use_vllm:
             return
         require(self, "use_vllm", vllm_installed(),
@@ -121,10 +129,6 @@ class VLLMSettings:
         on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
         require(self, "vllm_enable_sleep_mode", not (self.vllm_enable_sleep_mode and on_cpu),
                 "the CPU build of vLLM has no sleep mode; set it to false on the CPU")
-        require(self, "vllm_importance_sampling_mode", getattr(self, "loss_type", "") != "vespo"
-                or not self.vllm_importance_sampling_correction or self.vllm_importance_sampling_mode.startswith("token"),
-                "must be token_truncate or token_mask with loss_type = vespo, which folds the token weights into its "
-                "sequence weight (grpo.loss)")
 
 
 # ------------------------------------------------------------------------------------- weights

@@ -33,7 +33,8 @@ Metrics (metrics.jsonl, one line per step):
     kl                                 mean k3 KL to the reference (β > 0 only; ρ·k3 with use_bias_correction_kl)
     entropy                            mean per-token entropy of the current policy during the update
     sampling_entropy                   mean per-token entropy recorded while sampling (with vLLM: of the
-                                       trainer's forward over the samples, before the update)
+                                       trainer's forward over the samples, before the update; with
+                                       sampler_dtype=bfloat16: of the bf16 distribution sampled)
     ratio_mean                         mean importance ratio (1 at μ = 1)
     clip_low / clip_high / clip_region fraction of tokens clipped below (A<0) / above (A>0) / either
                                        (the clipped loss_types: grpo, dapo, dr_grpo, bnpo, luspo)
@@ -49,8 +50,9 @@ Metrics (metrics.jsonl, one line per step):
     num_tokens, num_sequences_trained  tokens and sequences in the loss (after masking/dropping)
     time/generate, time/score, time/update   seconds spent in each phase
     time/sync_weights                  use_vllm: seconds pushing the trainer's weights into vLLM
-    sampling/sampling_logp_difference/mean|max   use_vllm: |lp_trainer − lp_vllm| over completion tokens
-    sampling/importance_sampling_ratio/min|mean|max   use_vllm: the IS weight (grpo.correction), also
+    sampling/sampling_logp_difference/mean|max   use_vllm or sampler_dtype=bfloat16: |lp_trainer − lp_sampler|
+                                       over completion tokens
+    sampling/importance_sampling_ratio/min|mean|max   the same runs: the IS weight (grpo.correction), also
                                        logged with vllm_importance_sampling_correction off
     tokens_per_second                  completion tokens generated per second of the whole step
     prompts/truncated                  prompts cut from the left to max_prompt_length (prompt_overflow)

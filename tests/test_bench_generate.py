@@ -26,13 +26,18 @@ def test_bench_generate_checks_times_every_variant_and_writes_the_floor(tmp_path
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
-    expected = {"ours", "ours_multinomial", "ours_dynamic_cache", "ours_generate", "hf_generate"} | (
+    expected = {"ours", "ours_multinomial", "ours_dynamic_cache", "ours_generate", "ours_bf16", "hf_generate"} | (
         {"trl"} if importlib.util.find_spec("trl") else set())
     assert {r["variant"] for r in report["results"]} == expected
     for r in report["results"]:
         assert r["shape"] == "1x2x8" and math.isfinite(r["ms_step"]) and r["ms_min"] <= r["ms_step"] <= r["ms_max"]
         assert r["x_floor"] > 0 and math.isfinite(r["x_floor"]) and r["tokens_s"] > 0 and r["peak_mb"] > 0
-        assert 0 <= r["lp_err"] <= 1e-4  # the distribution check ran and passed
+        assert 0 <= r["logp_gap_mean"] <= r["logp_gap_max"]
+        if r["variant"] == "ours_bf16":  # another distribution: its gap is measured, not held to 1e-4
+            assert 1e-5 < r["logp_gap_max"] < 5e-2, r
+        else:
+            assert r["logp_gap_max"] <= 1e-4  # the distribution check ran and passed
+    assert "ours_bf16: ANOTHER DISTRIBUTION" in run.stdout and "| logp_gap_max | logp_gap_mean |" in run.stdout
     floor = report["floors"]["1x2x8"]
     assert floor["N"] == 2 and floor["bytes"] > 0 and floor["flops"] > 0 and floor["floor_ms"] > 0
     assert floor["floor_ms"] == max(floor["ms_memory"], floor["ms_compute"])
@@ -56,6 +61,25 @@ def test_check_distribution_stops_a_variant_whose_logprobs_are_off_by_1e_2():
     nan[0, 0] = float("nan")
     with pytest.raises(UserError, match="variant nan"):
         bg.check_distribution("nan", nan, ref, mask, tol=1e-4)
+
+
+def test_only_a_variant_of_another_distribution_is_spared_the_check(monkeypatch):
+    """checked_sample holds every variant to LP_TOL but those in DIFFERENT_DISTRIBUTION, whose gap it reports."""
+    ids, mask = torch.tensor([[5, 6]]), torch.tensor([[True, True]])
+    recorded = torch.tensor([[-1.0, -2.0]])  # [N, T]
+    sample = bg.Sample(ids, mask, recorded)
+    monkeypatch.setattr(bg, "VARIANTS", {n: lambda *a, **k: sample for n in ("ours", "ours_bf16")})
+    import grpo.policy
+    from grpo.rollout import Sampling
+
+    forward = torch.tensor([[-1.01, -2.03]])  # 0.01 and 0.03 nats away
+    monkeypatch.setattr(grpo.policy, "completion_logprobs", lambda *a, **k: (forward, None))
+    model = torch.nn.Linear(1, 1)  # only its parameters' dtype is read
+    kw = dict(G=1, sampling=Sampling(), seed=0)
+    _, gap_max, gap_mean = bg.checked_sample("ours_bf16", model, None, ids, mask, **kw)
+    assert gap_max == pytest.approx(0.03) and gap_mean == pytest.approx(0.02)
+    with pytest.raises(UserError, match="variant ours does not sample"):
+        bg.checked_sample("ours", model, None, ids, mask, **kw)
 
 
 def test_check_distribution_ignores_padding_after_the_end():

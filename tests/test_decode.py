@@ -172,3 +172,131 @@ def test_a_static_cache_that_cannot_be_built_falls_back_to_the_dynamic_one(lora,
     got = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=5)
     assert torch.equal(got.completion_ids, want.completion_ids)
     torch.testing.assert_close(got.logp, want.logp, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- bf16 sampler [G9]
+def merged_weight_longhand(layer) -> torch.Tensor:
+    """W + B·A·α/r of a PEFT LoRA layer (one adapter), in the layer's dtype, written out here."""
+    (name,) = layer.active_adapters
+    return layer.get_base_layer().weight + (layer.lora_B[name].weight @ layer.lora_A[name].weight) * layer.scaling[name]
+
+
+def test_bf16_decoding_linears_run_bf16_matmuls_for_every_decoding_step_and_change_no_weight(lora):
+    """[G9]: inside the block a decoding step's rows [N, 1, in], for few N and many, come from bf16 copies of W
+    (LoRA: of W + ΔW): the float64 product of the bf16-rounded inputs, rounded to bf16 once; a prefill's rows
+    (several positions each, few or many) keep the module's own fp32 path; after it the modules and the
+    weights are as they were."""
+    from conftest import TOL
+
+    from grpo.decode import decoding_linears
+    from grpo.policy import causal_lm, lora_layers
+
+    model, _ = lora
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loras = [m for _, m in lora_layers(model)]
+    plain = [causal_lm(model).get_output_embeddings()]  # the LM head, a plain nn.Linear (tied to the embedding)
+    assert loras and type(plain[0]) is torch.nn.Linear, "the test needs both kinds of layer"
+    weights = [merged_weight_longhand(m) for m in loras] + [m.weight for m in plain]
+    layers = loras + plain
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for shape in ((8, 1), (200, 1)):  # decoding steps of 8 and of 200 rows, one position each
+                xs = [torch.randn(*shape, w.shape[1]) for w in weights]
+                with torch.no_grad():
+                    want_fp32 = [m(x) for m, x in zip(layers, xs)]
+                    with decoding_linears(model, "bfloat16"):
+                        got = [m(x) for m, x in zip(layers, xs)]
+                for g, x, w, f in zip(got, xs, weights, want_fp32):
+                    ref = x.bfloat16().double() @ w.detach().bfloat16().double().t()  # [.., out] float64
+                    assert g.dtype == torch.float32 and g.shape == f.shape
+                    torch.testing.assert_close(g.double(), ref, **TOL[("stored", torch.bfloat16)])
+                assert max(float((g - f).abs().max()) for g, f in zip(got, want_fp32)) > 1e-4  # not fp32's
+            for shape in ((1, 200), (2, 10)):  # prefills: one prompt of 200 tokens, two of 10 (20 rows)
+                prefill = [torch.randn(*shape, w.shape[1]) for w in weights]
+                with torch.no_grad():
+                    want = [m(x) for m, x in zip(layers, prefill)]
+                    with decoding_linears(model, "bfloat16"):
+                        got = [m(x) for m, x in zip(layers, prefill)]
+                assert all(torch.equal(g, w) for g, w in zip(got, want))
+    finally:
+        torch.set_num_threads(threads)
+    assert all("forward" not in vars(m) for m in model.modules())  # every patch removed
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# nats, |lp_bf16 − lp_fp32| over sampled tokens; measured on this file's tiny-llama + noisy LoRA, 24 tokens, seeds
+# 0-3, 1 and 2 threads: max 2.5e-3 to 3.3e-3, mean 6.4e-4 to 6.9e-4 (fp32 sampling: max 1e-6)
+BF16_GAP_MAX, BF16_GAP_MEAN = 5e-2, 1e-2
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_bf16_sampling_records_its_own_logprobs_a_small_nonzero_gap_from_the_fp32_policy(lora, n_threads):
+    model, tok = lora
+    ids, mask = encode_prompts(tok, PROMPTS)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        r = sample_group(model, tok, ids, mask, G=4, sampling=Sampling(max_new_tokens=24, linear_dtype="bfloat16"),
+                         generator_seed=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert r.sampler == "hf-bf16"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the weights untouched
+    assert all("forward" not in vars(m) for m in model.modules())
+    with torch.no_grad():
+        lp, h = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+    m = r.completion_mask
+    gap = (r.logp - lp)[m].abs()  # |lp_bf16 − lp_fp32| over the sampled tokens
+    msg = f"bf16 sampler log-prob gap to the fp32 forward: max {gap.max():.3g}, mean {gap.mean():.3g} nats"
+    assert 1e-4 < float(gap.max()) < BF16_GAP_MAX and float(gap.mean()) < BF16_GAP_MEAN, msg  # > fp32's 1e-5
+    assert float((r.entropy - h)[m].abs().max()) < BF16_GAP_MAX, "its entropies are the bf16 distribution's"
+
+
+def _few_rows_before_g9(weight, bias, default):
+    """The [G8] layer as it was before [G9] (commit b46ebf2), the reference of the default path."""
+    from grpo.decode import FEW_ROWS
+
+    transpose = torch.get_num_threads() > 1 and weight.device.type == "cpu"
+
+    def forward(x, *args, **kwargs):
+        if args or kwargs or x.dim() < 2 or x.numel() // x.shape[-1] > FEW_ROWS or x.dtype != weight.dtype:
+            return default(x, *args, **kwargs)
+        rows = x.reshape(-1, x.shape[-1])
+        y = torch.mm(weight, rows.t()).t().contiguous() if transpose else torch.mm(rows, weight.t())
+        if bias is not None:
+            y = y + bias
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    return forward
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_the_default_float32_sampler_is_bitwise_what_it_was(lora, monkeypatch, n_threads):
+    import grpo.decode
+
+    model, tok = lora
+    ids, mask = encode_prompts(tok, PROMPTS)
+    s = Sampling(max_new_tokens=24)
+    assert s.linear_dtype == "float32"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        got = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=1)
+        monkeypatch.setattr(grpo.decode, "_few_rows", lambda w, b, f, cast=None: _few_rows_before_g9(w, b, f))
+        want = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert got.sampler == want.sampler == "hf"
+    for name in ("completion_ids", "completion_mask", "logp", "entropy"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+
+
+def test_a_bf16_sampler_needs_our_decoding_loop(lora):
+    model, tok = lora
+    ids, mask = encode_prompts(tok, PROMPTS)
+    with pytest.raises(ValueError, match="linear_dtype='bfloat16' needs loop='decode'"):
+        sample_group(model, tok, ids, mask, G=2, sampling=Sampling(max_new_tokens=4, linear_dtype="bfloat16"),
+                     loop="generate")

@@ -3,7 +3,8 @@
 The stand-in samples with our HF path and reports the trainer's own float64 log-probs shifted by a known
 number of nats as "the sampler's", so every effect of the correction is known exactly: the IS weight is
 exp(−shift) per token, the logged difference is the shift, and the gradient scales by the weight. vLLM
-itself is tested in tests/test_vllm_engine.py (marker `vllm`).
+itself is tested in tests/test_vllm_engine.py (marker `vllm`). Our own loop in bf16 (sampler_dtype, grpo.decode
+[G9]) is another sampler too: the last test trains with it for real.
 """
 import math
 
@@ -118,3 +119,46 @@ def test_at_mu_1_the_gradient_pass_gives_what_a_separate_old_logp_forward_gives(
     assert_grads_close(got, want)
     for k in ("sampling/sampling_logp_difference/mean", "sampling/importance_sampling_ratio/mean", "sampling_entropy"):
         assert m1[k] == pytest.approx(m2[k], rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------- our loop in bf16
+def bf16_trainer(tmp_path, **settings):
+    """tiny-llama in fp32 sampled by our loop with bf16 linear layers (grpo.decode [G9]); its rollouts kept,
+    each with a copy of the entropies it recorded."""
+    t = make_trainer(tmp_path, loss_type="dapo", **settings)
+    sample, t.rollouts = t._sample, []
+
+    def recording(n_prompts):
+        rows, r = sample(n_prompts)
+        t.rollouts.append((r, r.entropy.clone()))
+        return rows, r
+
+    t._sample = recording
+    return t
+
+
+def test_a_bf16_sampler_gets_the_is_correction_and_its_metrics_and_fp32_sampling_gets_none(tmp_path):
+    kw = dict(vllm_importance_sampling_mode="token_truncate", vllm_importance_sampling_clip_max=None,
+              vllm_importance_sampling_clip_min=1e-30)  # every weight exp(lp_old − lp_bf16) as it is
+    corrected = bf16_trainer(tmp_path, sampler_dtype="bfloat16", **kw)
+    m = corrected.step()
+    plain = bf16_trainer(tmp_path, sampler_dtype="bfloat16", vllm_importance_sampling_correction=False, **kw)
+    m_plain = plain.step()
+    (r, recorded), _ = corrected.rollouts[0], plain.rollouts[0]
+    assert r.sampler == "hf-bf16" and m["reward"] == m_plain["reward"]  # the same samples
+    gap, ratio = m["sampling/sampling_logp_difference/mean"], m["sampling/importance_sampling_ratio/mean"]
+    assert 0 < gap < 1e-2 and ratio != 1.0 and abs(ratio - 1) < 1e-2, (gap, ratio)
+    assert m["sampling/importance_sampling_ratio/min"] < 1 < m["sampling/importance_sampling_ratio/max"]
+    got, want = trainable_state(corrected, grads=True), trainable_state(plain, grads=True)
+    grads = [k for k in want if k.endswith(".grad")]
+    top = max(float(want[k].abs().max()) for k in grads)
+    diff = max(float((got[k] - want[k]).abs().max()) for k in grads)
+    assert 0 < diff < 0.05 * top, (diff, top)  # the weights reached the gradient, each within ~1% of 1
+    # the bf16 loop's own entropies are kept (vLLM's zeros are replaced, grpo.trainer [D12])
+    assert torch.equal(r.entropy, recorded)
+    want_h = float((recorded * r.completion_mask).sum() / r.completion_mask.sum())
+    assert m["sampling_entropy"] == pytest.approx(want_h, rel=1e-6)
+
+    fp32 = bf16_trainer(tmp_path)  # the default: our loop in fp32, the trainer's own policy
+    m32 = fp32.step()
+    assert fp32.rollouts[0][0].sampler == "hf" and not any(k.startswith("sampling/") for k in m32)
