@@ -67,9 +67,10 @@ def summarise(names: list[str], per_function: torch.Tensor, weights: list[float]
 
 def evaluate_task(model, tok, task: Task, *, weights: list[float], batch_size: int, max_new_tokens: int,
                   greedy: bool = True, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  max_prompt_length: int | None = None, bf16: bool | None = False, desc: str = "eval"
-                  ) -> Evaluation:
-    """Every row of `task`: a completion (greedy by default), the task's rewards, `summarise` (module doc)."""
+                  max_prompt_length: int | None = None, bf16: bool | None = False, non_finite: str = "error",
+                  desc: str = "eval") -> Evaluation:
+    """Every row of `task`: a completion (greedy by default), the task's rewards, `summarise` (module doc).
+    non_finite: a ±inf reward is an error, or ("none") unscorable like None, as in training (grpo.tasks [D4])."""
     rows = task.rows
     suffixes = {r.get("prompt_suffix", "") for r in rows}
     if len(suffixes) != 1:
@@ -89,7 +90,8 @@ def evaluate_task(model, tok, task: Task, *, weights: list[float], batch_size: i
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - t0
-    values = task_rewards(task, mine, gen.texts).tolist() if mine else []  # [n_mine, F]
+    values = task_rewards(task, mine, gen.texts, non_finite=non_finite) if mine else torch.empty(0, 0)
+    values = values.masked_fill(values.isinf(), math.nan).tolist()  # [n_mine, F]; ±inf kept only with "none"
     parts = dd.all_gather_objects((gen.texts, gen.lengths, gen.truncated, values)) if world > 1 else \
         [(gen.texts, gen.lengths, gen.truncated, values)]
     n = len(rows)
@@ -101,5 +103,5 @@ def evaluate_task(model, tok, task: Task, *, weights: list[float], batch_size: i
     levels = [r["level"] for r in rows] if rows and "level" in rows[0] else None
     metrics = {**summarise(task.reward_names, per_function, weights, levels), "num_examples": n,
                "mean_completion_tokens": sum(lengths) / n, "truncated_fraction": sum(truncated) / n,
-               "seconds": seconds, "tokens_per_second": sum(gen.lengths) / max(seconds, 1e-9)}
+               "seconds": seconds, "tokens_per_second": sum(lengths) / max(seconds, 1e-9)}  # every rank's tokens
     return Evaluation(metrics, texts, per_function)

@@ -182,8 +182,8 @@ class GRPOSettings(RunSettings, OptimSettings, VLLMSettings, TaskSettings):
     """evaluate on held-out rows before the first step, every N steps and after the last (0 = off)"""
     eval_split: str = "test"
     """the task's split to evaluate on (rows training never sees)"""
-    eval_num_examples: Optional[int] = 200
-    """the first N rows of eval_split (null = all)"""
+    eval_num_examples: Optional[int] = None
+    """the first N rows of eval_split (null = all, as TRL evaluates its whole eval_dataset)"""
     eval_batch_size: int = 32
     """prompts decoded together in an evaluation (greedy, one completion each)"""
     eval_max_new_tokens: Optional[int] = None

@@ -89,7 +89,8 @@ def main() -> None:
     # 3.-4. generation and rewards (grpo.evaluation)
     result = evaluate_task(model, tok, task, weights=weights, batch_size=s.batch_size,
                            max_new_tokens=s.max_new_tokens, greedy=s.greedy, temperature=s.temperature,
-                           top_k=s.top_k, top_p=s.top_p, max_prompt_length=s.max_prompt_length, bf16=s.bf16)
+                           top_k=s.top_k, top_p=s.top_p, max_prompt_length=s.max_prompt_length, bf16=s.bf16,
+                           non_finite=s.non_finite_rewards)
     metrics = result.metrics
 
     # 5. outputs

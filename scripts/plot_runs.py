@@ -2,13 +2,18 @@
 
     python scripts/plot_runs.py recipe_score_model recipe_score_model_seed1 --out docs/recipe_score_model.png
     python scripts/plot_runs.py outputs/grpo/metrics.jsonl outputs/grpo_seed1 --metric completion_length
+    python scripts/plot_runs.py outputs/grpo/eval.jsonl outputs/recipe_drill_seed1/eval.jsonl --smooth 1 \
+        --metric numeric_correctness/rate --out docs/recipe_drill.png --summary docs/recipe_accuracy.json
 
-Each run is a run name under outputs/, a run folder, or a metrics.jsonl file; its label is the run's folder
-name unless `--labels` gives them. Points are the logged values, lines their running mean over `--smooth`
-steps (grpo.plots.plot_curves).
+Each run is a run name under outputs/, a run folder, or a metrics file (metrics.jsonl, or a run's held-out
+eval.jsonl); its label is the run's folder name unless `--labels` gives them. Points are the logged values,
+lines their running mean over `--smooth` steps (grpo.plots.plot_curves). `--summary FILE` also writes, per
+run, its `seed` (from the run's config.json), the metric's first and last values as `before` and `after`
+(with `<metric>_stderr` when logged) and `n_eval` (the evaluation's `num_examples`, when logged).
 """
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from grpo.config import UserError, at_least, cli_main, parse_settings, path_name  # noqa: E402
 from grpo.plots import metric_points, plot_curves  # noqa: E402
-from grpo.run import output_root  # noqa: E402
+from grpo.run import atomic_write_json, output_root, read_metrics  # noqa: E402
 
 
 @dataclass
@@ -34,6 +39,8 @@ class PlotSettings:
     """plot title"""
     out: str = "runs.png"
     """the PNG to write (atomically)"""
+    summary: str = ""
+    """also write a JSON summary per run: seed, before, after, n_eval (module docstring); '' = none"""
 
     def validate(self) -> None:
         """Ranges, checked before any run is read (grpo.config [D9]); --labels against the runs in main()."""
@@ -79,6 +86,25 @@ def main() -> None:
         else:
             print(f"{label}: no {s.metric!r} logged")
     print(f"wrote {out}", file=sys.stderr)
+    if s.summary:
+        atomic_write_json(s.summary, {"metric": s.metric, "runs": [summary(label, f, s.metric) for label, f in
+                                                                    zip(labels, files) if series[label]]})
+        print(f"wrote {s.summary}", file=sys.stderr)
+
+
+def summary(label: str, path: Path, metric: str) -> dict:
+    """First and last logged value of `metric` in one run's metrics file, with its seed and evaluation size."""
+    rows = [r for r in read_metrics(path) if r.get(metric) is not None]
+    config = path.parent / "config.json"
+    seed = json.loads(config.read_text()).get("seed") if config.is_file() else None
+    out = {"run": label, "seed": seed, "before": rows[0][metric], "after": rows[-1][metric],
+           "before_step": rows[0]["step"], "after_step": rows[-1]["step"]}
+    if f"{metric}_stderr" in rows[-1]:
+        out.update(stderr_before=rows[0].get(f"{metric}_stderr"), stderr_after=rows[-1][f"{metric}_stderr"])
+    if "num_examples" in rows[-1]:
+        out["n_eval"] = rows[-1]["num_examples"]
+    out["curve"] = [(r["step"], r[metric]) for r in rows]
+    return out
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def test_fsdp2_on_two_ranks_makes_the_same_update_as_one_process(tmp_path, use_l
 
 
 # ------------------------------------------------------------------------------------- the real scripts
-GRPO_TINY = ["--model", "tiny-llama", "--prompts-per-step", "4", "--num-generations", "2",
+GRPO_TINY = ["--model", "tiny-llama", "--task", "arithmetic", "--prompts-per-step", "4", "--num-generations", "2",
              "--max-completion-length", "8", "--lora-dropout", "0", "--learning-rate", "1e-3", "--save-steps", "1",
              "--save-total-limit", "10", "--sharding", "fsdp2"]
 

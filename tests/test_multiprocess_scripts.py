@@ -22,7 +22,7 @@ from grpo import distributed as dd
 from grpo.run import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-GRPO_TINY = ["--model", "tiny-llama", "--prompts-per-step", "4", "--num-generations", "2",
+GRPO_TINY = ["--model", "tiny-llama", "--task", "arithmetic", "--prompts-per-step", "4", "--num-generations", "2",
              "--max-completion-length", "8", "--lora-dropout", "0", "--learning-rate", "1e-2", "--save-steps", "1",
              "--save-total-limit", "10"]
 SEGA_TINY = ["--model", "tiny-llama", "--k", "2", "--batch-size", "2", "--gen-max-new-tokens", "6",

@@ -170,8 +170,8 @@ def test_train_grpo_stops_on_an_inf_reward_with_one_line_and_saves_nothing(tmp_p
         "def reward(prompts, completions, **_):\n    return [float('inf')] + [1.0] * (len(completions) - 1)\n")
     env = dict(os.environ, GRPO_OUTPUT_ROOT=str(tmp_path / "out"), GRPO_CACHE_DIR=str(cache), OMP_NUM_THREADS="1",
                PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}")
-    args = [sys.executable, str(ROOT / "scripts" / "train_grpo.py"), "--model", "tiny-llama", "--max-steps", "2",
-            "--num-generations", "2", "--max-completion-length", "6", "--reward-funcs", "hostile_reward:reward"]
+    args = [sys.executable, str(ROOT / "scripts" / "train_grpo.py"), "--model", "tiny-llama", "--task", "arithmetic",
+            "--max-steps", "2", "--num-generations", "2", "--max-completion-length", "6", "--reward-funcs", "hostile_reward:reward"]
     out = subprocess.run([*args, "--run-name", "a"], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert "'hostile_reward:reward' returned inf" in out.stderr

@@ -56,3 +56,22 @@ def test_plot_runs_script_overlays_runs_by_name_folder_or_file(tmp_path):
     assert bad.returncode == 2 and "run 'missing': no metrics.jsonl" in bad.stderr and "Traceback" not in bad.stderr
     bad = _plot_runs(tmp_path, "a", "--metric", "kl", "--out", tmp_path / "x.png")
     assert bad.returncode == 2 and "no run logged 'kl'" in bad.stderr
+
+
+def test_plot_runs_summary_gives_each_seeds_held_out_before_and_after(tmp_path):
+    import json
+
+    for name, seed, rates in (("s0", 0, [0.2, 0.5, 0.7]), ("s1", 1, [0.2, 0.4, 0.6])):
+        run = tmp_path / "outputs" / name
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"seed": seed}))
+        with MetricsWriter(run / "eval.jsonl") as w:
+            for step, rate in zip((0, 10, 20), rates):
+                w.log(step, {"acc/rate": rate, "acc/rate_stderr": 0.01 * step, "num_examples": 222})
+    p = _plot_runs(tmp_path, tmp_path / "outputs" / "s0" / "eval.jsonl", tmp_path / "outputs" / "s1" / "eval.jsonl",
+                   "--metric", "acc/rate", "--smooth", 1, "--out", tmp_path / "acc.png", "--summary", tmp_path / "s.json")
+    assert p.returncode == 0, p.stderr
+    runs = json.loads((tmp_path / "s.json").read_text())["runs"]
+    assert [(r["run"], r["seed"], r["before"], r["after"], r["n_eval"], r["stderr_after"]) for r in runs] == \
+        [("s0", 0, 0.2, 0.7, 222, 0.2), ("s1", 1, 0.2, 0.6, 222, 0.2)]
+    assert runs[1]["curve"] == [[0, 0.2], [10, 0.4], [20, 0.6]]

@@ -28,7 +28,7 @@ from grpo.run import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_grpo.py"
-TINY = ["--model", "tiny-llama", "--prompts-per-step", "2", "--num-generations", "4",
+TINY = ["--model", "tiny-llama", "--task", "arithmetic", "--prompts-per-step", "2", "--num-generations", "4",
         "--max-completion-length", "12", "--lora-dropout", "0", "--learning-rate", "1e-2", "--save-steps", "1",
         "--save-total-limit", "5"]
 

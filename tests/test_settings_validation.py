@@ -297,7 +297,7 @@ def env(tmp_path):
 
 
 SHORT = {  # keep a run that is (wrongly) accepted short
-    "train_grpo": ["--model", "tiny-llama", "--max-completion-length", "4", "--max-steps", "1"],
+    "train_grpo": ["--model", "tiny-llama", "--task", "arithmetic", "--max-completion-length", "4", "--max-steps", "1"],
     "train_sega": ["--model", "tiny-llama", "--gen-max-new-tokens", "4", "--max-steps", "1", "--eval-dataset", ""],
     "train_sft": ["--model", "tiny-llama", "--dataset", "arithmetic", "--num-examples", "4", "--max-steps", "1"],
     "eval_grpo": ["--model", "tiny-llama", "--num-examples", "2", "--max-new-tokens", "4"],

@@ -13,7 +13,7 @@ from grpo.run import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_grpo.py"
-TINY = ["--model", "tiny-llama", "--prompts-per-step", "2", "--num-generations", "4",
+TINY = ["--model", "tiny-llama", "--task", "arithmetic", "--prompts-per-step", "2", "--num-generations", "4",
         "--max-completion-length", "12", "--lora-dropout", "0", "--learning-rate", "1e-2"]
 VOLATILE = ("time/", "tokens_per_second")
 
@@ -165,3 +165,18 @@ def test_resumed_run_keeps_its_held_out_curve_and_does_not_repeat_step_0(env, tm
     assert "eval after step 0" not in again.stderr
     full, cut = (eval_rows(tmp_path / "outputs" / r / "eval.jsonl") for r in ("full", "cut"))
     assert [r["step"] for r in cut] == [0, 2, 4] and cut == full
+
+
+def test_the_main_job_is_the_drill_recipe_and_evaluates_only_the_drill_task_by_default(monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from train_grpo import TrainGRPOSettings
+
+    from grpo.config import parse_settings
+
+    monkeypatch.setattr(sys, "argv", ["train_grpo.py"])
+    main = parse_settings(TrainGRPOSettings, print_config=False, section="grpo")
+    recipe = json.loads((ROOT / "configs" / "recipe_drill.json").read_text())
+    assert all(getattr(main, k) == v for k, v in {**recipe["common"], **recipe["grpo"]}.items() if k != "run_name")
+    assert main.eval_steps == 10 and main.eval_num_examples is None  # every held-out problem, every 10 steps
+    monkeypatch.setattr(sys, "argv", ["train_grpo.py", "--task", "gsm8k"])
+    assert parse_settings(TrainGRPOSettings, print_config=False, section="grpo").eval_steps == 0

@@ -146,7 +146,7 @@ def test_full_fine_tune_sync(engine, path):
 def run_script(tmp_path, *flags, run_name="v"):
     env = dict(os.environ, GRPO_OUTPUT_ROOT=str(tmp_path / "out"), PYTHONPATH=str(ROOT),
                VLLM_CPU_KVCACHE_SPACE="2", OMP_NUM_THREADS="2")
-    args = [sys.executable, str(ROOT / "scripts" / "train_grpo.py"), "--model", MODEL, "--use-vllm", "true",
+    args = [sys.executable, str(ROOT / "scripts" / "train_grpo.py"), "--model", MODEL, "--task", "arithmetic", "--use-vllm", "true",
             "--vllm-enforce-eager", "true", "--vllm-max-model-length", "1024", "--prompts-per-step", "2",
             "--num-generations", "4", "--max-completion-length", "16", "--learning-rate", "1e-3",
             "--run-name", run_name, *flags]
@@ -175,7 +175,7 @@ def test_two_ranks_each_sample_through_their_own_engine_and_stay_replicas(tmp_pa
     env = dict(os.environ, GRPO_OUTPUT_ROOT=str(tmp_path / "out"), PYTHONPATH=str(ROOT), VLLM_CPU_KVCACHE_SPACE="1",
                OMP_NUM_THREADS="1")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    args = [str(ROOT / "scripts" / "train_grpo.py"), "--model", MODEL, "--use-vllm", "true", "--vllm-enforce-eager",
+    args = [str(ROOT / "scripts" / "train_grpo.py"), "--model", MODEL, "--task", "arithmetic", "--use-vllm", "true", "--vllm-enforce-eager",
             "true", "--vllm-max-model-length", "1024", "--prompts-per-step", "2", "--num-generations", "4",
             "--max-completion-length", "16", "--max-steps", "2", "--save-steps", "2", "--run-name", "d"]
     out = subprocess.run(torchrun + args, env=env, capture_output=True, text=True, timeout=900)
@@ -210,7 +210,7 @@ def test_resume_through_vllm_reproduces_the_uninterrupted_run(tmp_path):
 def test_an_engine_that_cannot_start_is_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}  # size from the fraction
     env.update(GRPO_OUTPUT_ROOT=str(tmp_path / "out"), PYTHONPATH=str(ROOT))
-    args = [sys.executable, str(ROOT / "scripts" / "train_grpo.py"), "--model", MODEL, "--use-vllm", "true",
+    args = [sys.executable, str(ROOT / "scripts" / "train_grpo.py"), "--model", MODEL, "--task", "arithmetic", "--use-vllm", "true",
             "--vllm-enforce-eager", "true", "--vllm-gpu-memory-utilization", "0.01", "--max-steps", "1"]
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 2, out.stderr[-3000:]
