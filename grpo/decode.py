@@ -148,7 +148,8 @@ def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: to
             return default(x, *args, **kwargs)
         rows = x.reshape(-1, x.shape[-1]).to(weight.dtype)  # [n, in]; a no-op without `cast`
         y = torch.mm(weight, rows.t()).t().contiguous() if transpose and few else torch.mm(rows, weight.t())  # [n, out]
-        y = y.to(x.dtype)  # a no-op without `cast`
+        if cast is not None:
+            y = y.to(x.dtype)  # [G9]; without `cast` y stays as torch made it (bf16 under autocast, as the module)
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], weight.shape[0])

@@ -166,13 +166,19 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
 def resolve_run_path(name_or_path: str | os.PathLike) -> Path:
     """A run name (`rl_sft_model`) or a path → a directory. Names resolve under `output_root()`.
 
-    A path that exists wins; otherwise `outputs/<name>`, and inside a run the `final/` model if any.
+    A path that exists wins; otherwise `outputs/<name>`, and inside a run the `final/` model if any. An
+    existing folder that is neither a run nor a model (no final/, config.json or adapter_config.json: the
+    package folder grpo/ when the main job's run `grpo` is named from the repository root) gives way to a
+    run of that name.
     """
     p = Path(name_or_path).expanduser()
-    for cand in (p, output_root() / p):
-        if cand.is_dir():
-            return cand / "final" if (cand / "final").is_dir() else cand
-    return p
+    found = [cand for cand in (p, output_root() / p) if cand.is_dir()]
+    for cand in found:
+        if (cand / "final").is_dir():
+            return cand / "final"
+        if (cand / "config.json").is_file() or (cand / "adapter_config.json").is_file():
+            return cand
+    return found[0] if found else p
 
 
 # ------------------------------------------------------------------------------------- metrics

@@ -82,10 +82,10 @@ from grpo.trainer import GRPOTrainer  # noqa: E402
 @dataclass
 class TrainGRPOSettings(GRPOSettings):
     """GRPOSettings with the main job's defaults: `python scripts/train_grpo.py` with no arguments trains
-    smollm2-135m + LoRA on the drill task and reports held-out accuracy (docs/recipes.md "Drill")."""
+    smollm2-135m + LoRA on the drill task and reports held-out accuracy (docs/recipes.md, "The main job")."""
 
     task: str = "drill"
-    """arithmetic (bundled default), drill, gsm8k, reasoncheck, text_to_sql or score_model (grpo/tasks.py)"""
+    """drill (the main job's), arithmetic, gsm8k, reasoncheck, text_to_sql or score_model (grpo/tasks.py)"""
     prompts_per_step: int = 8
     """B: prompts per generation batch, over all ranks"""
     num_generations: int = 8
@@ -103,6 +103,7 @@ class TrainGRPOSettings(GRPOSettings):
     """alias of --model for the GSM8K pipeline (e.g. --base-model rl_sft_model); wins when set"""
 
     def validate(self) -> None:
+        """eval_steps null → 10 for the drill task (the main job), else 0 (after the base classes' checks [D9])."""
         if self.eval_steps is None:
             self.eval_steps = 10 if self.task == "drill" else 0
 

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -77,6 +78,22 @@ def test_run_names_resolve_to_the_final_model_of_that_run(tmp_path, monkeypatch)
     assert resolve_run_path("rl_sft_model") == run.final
     assert resolve_run_path(str(run.path)) == run.final
     assert resolve_run_path("no_such_run") == type(run.path)("no_such_run")
+
+
+def test_a_run_named_like_a_local_folder_that_holds_no_model_resolves_to_the_run(tmp_path, monkeypatch):
+    """The main job's run is `grpo`, and the repository root has the package folder grpo/ (no model in it)."""
+    monkeypatch.setenv("GRPO_OUTPUT_ROOT", str(tmp_path / "outputs"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "grpo").mkdir()
+    (tmp_path / "grpo" / "__init__.py").write_text("")
+    assert resolve_run_path("grpo") == Path("grpo")  # no run of that name: the folder, as before
+    run = RunDir(tmp_path / "outputs" / "grpo")
+    run.final.mkdir()
+    assert resolve_run_path("grpo") == run.final
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    RunDir(tmp_path / "outputs" / "model").final.mkdir()
+    assert resolve_run_path("model") == Path("model")  # a local model folder still wins over a run
 
 
 def test_latest_checkpoint_ignores_temporaries(tmp_path):

@@ -43,7 +43,8 @@ GRPO = [  # train_grpo.py: (arguments, fragments the one-line error must contain
     (["--prompts-per-step", "0"], ["prompts_per_step = 0"]),
     (["--top-k", "-5"], ["top_k = -5", ">= 0"]),
     (["--min-p", "2"], ["min_p = 2.0", "[0, 1]"]),
-    (["--reward-weights", "1,2"], ["reward_weights = [1.0, 2.0]", "5 reward functions"]),
+    (["--reward-weights", "1,2"], ["reward_weights = [1.0, 2.0]", "1 reward functions"]),  # drill: one
+    (["--task", "arithmetic", "--reward-weights", "1,2"], ["reward_weights = [1.0, 2.0]", "5 reward functions"]),
     (["--reward-weights", "nan,1,1,1,1"], ["`reward_weights`", "nan"]),
     (["--reward-funcs", "xml_count,correctness", "--reward-weights", "1"], ["reward_weights = [1.0]", "2 reward"]),
     (["--max-steps", "0"], ["max_steps = 0", ">= 1"]),
@@ -270,7 +271,7 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_caught_before_torch_distr
     ("train_grpo", ["--prompts-per-step", "4"], 2), ("train_sega", ["--batch-size", "2"], 2),
     *[(script, ["--config", str(ROOT / "configs" / config)], 1) for config, script in SHIPPED],
     ("train_grpo", ["--delta", "1.28", "--max-steps", "1", "--top-p", "1", "--min-p", "0", "--save-steps", "0"], 1),
-    ("train_grpo", ["--learning-rate", "1e-6", "--overlong-cache-length", "64", "--top-entropy-quantile", "1"], 1),
+    ("train_grpo", ["--learning-rate", "1e-6", "--overlong-cache-length", "32", "--top-entropy-quantile", "1"], 1),
     ("train_grpo", ["--sampler-dtype", "bfloat16"], 1),
     ("train_grpo", ["--sampler-dtype", "bfloat16", "--loss-type", "vespo", "--vllm-importance-sampling-mode",
                     "token_mask"], 1),
