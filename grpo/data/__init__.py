@@ -2,7 +2,8 @@
 
     rows          DataError, load_rows: hub id / .jsonl / .json / directory, bad rows named "file:line"
     gsm8k         load_gsm8k, gold extraction, prompts for systems B (working out) and E (reasoning)
-    arithmetic    the bundled default task: generated word problems in GSM8K format (no download)
+    arithmetic    generated word problems in GSM8K format (no download; the main job before issue #18)
+    drill         the main job's task: bare arithmetic in five levels, held-out problems never trained on
     text_to_sql   gretelai/synthetic_text_to_sql rows, a bundled hand-written set, system C's prompt
     prompts       max_prompt_length: its default from the model's positions, left truncation or rejection
 
