@@ -9,6 +9,9 @@ Steps:
  1. The machine, with the thread count used for sampling: read bandwidth = bytes / median time of
     `x.sum()` over `bandwidth_mb` of fp32, and matmul throughput = 2n³ / median time of an n × n matmul, in
     fp32 and bf16. Measured before and after the variants; the best of the two is the floor's.
+ 1b. After the variants: the model's linear layers alone on N random rows, as grpo.decode runs them
+    (time_linears; fp32, and bf16 as [G9]): what this BLAS does with these weights at N rows, the part of a
+    step no change to the loop can remove. Reported per shape and as x_linears per variant.
  2. Per shape B×G×T (B prompts, G completions each, T new tokens at most), the floor of one decoding step of
     N = B·G rows at the mean context c̄ = P̄ + (T − 1)/2 (P̄: mean real prompt tokens; step t attends P̄ + t):
         bytes  = w·W + w·N·D + 2·L·kv·hd·c̄·N·w        weights once, N embedding rows, K and V of the cache
@@ -61,6 +64,8 @@ Glossary:
     ms_step, ms_min, ms_max   median, min and max over the timed calls of seconds / decoding steps (ms)
     tokens_s                  median completion tokens generated (masked, EOS included) per second
     x_floor                   ms_step / floor_ms of the shape (step 2)
+    linears_ms, x_linears     step 1b: the linear layers alone (fp32; bf16 for ours_bf16), and ms_step / that:
+                              how much of a step is the loop around the matmuls
     peak_mb                   the process's RSS high-water mark during that variant's calls (Linux VmHWM
                               reset before each call, after the checks' memory is handed back); it includes the
                               model and what the allocator kept from earlier calls: compare variants by it
@@ -169,6 +174,24 @@ def measure_machine(s: BenchSettings, repeats: int = 5) -> dict[str, float]:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         out[f"gflops_{name}"] = 2 * n**3 / _median_seconds(lambda: a @ b, repeats) / 1e9
     return out
+
+
+def time_linears(model, *, N: int, dtype: str, repeats: int = 5) -> float:
+    """ms for one decoding step's linear layers alone, as grpo.decode runs them ([G8], [G9] for "bfloat16"):
+    every linear layer of the model (LM head and LoRA layers, merged, included) once on N random rows
+    [N, 1, in], back to back. What this machine's BLAS makes of the weights at N rows: the part of a step
+    no change to the loop around the model can remove."""
+    from grpo.decode import decoding_linears
+    from grpo.policy import lora_layers
+
+    lora = dict(lora_layers(model))
+    inside = {f"{n}.{c}" for n in lora for c, _ in lora[n].named_modules() if c}
+    layers = [m for n, m in model.named_modules()
+              if n in lora or (type(m) is torch.nn.Linear and n not in inside)]
+    with torch.no_grad(), decoding_linears(model, dtype):
+        xs = [torch.randn(N, 1, (m.get_base_layer() if hasattr(m, "get_base_layer") else m).in_features)
+              for m in layers]
+        return 1e3 * _median_seconds(lambda: [m(x) for m, x in zip(layers, xs)], repeats)
 
 
 # ------------------------------------------------------------------------------------- 2. the floor
@@ -418,6 +441,7 @@ def run_shape(s: BenchSettings, model, tok, task, shape: str, names: list[str]) 
 
 COLUMNS = [("variant", "{}"), ("shape", "{}"), ("steps", "{:.0f}"), ("ms_step", "{:.1f}"), ("ms_min", "{:.1f}"),
            ("ms_max", "{:.1f}"), ("tokens_s", "{:.1f}"), ("floor_ms", "{:.2f}"), ("x_floor", "{:.2f}"),
+           ("linears_ms", "{:.2f}"), ("x_linears", "{:.2f}"),
            ("peak_mb", "{:.0f}"), ("logp_gap_max", "{:.1e}"), ("logp_gap_mean", "{:.1e}"), ("len", "{:.1f}")]
 
 
@@ -474,9 +498,14 @@ def main() -> None:
     after = measure_machine(s)
     machine = {k: max(before[k], after[k]) for k in before}  # the best seen: the lowest floor
     floors = {sh: {**f, **step_floor(dims, machine, N=f["N"], context=f["context_mean"])} for sh, f in shapes.items()}
+    for f in floors.values():  # 1b. the linear layers alone, as the loop runs them
+        f["ms_linears"] = time_linears(model, N=f["N"], dtype="float32")
+        f["ms_linears_bf16"] = time_linears(model, N=f["N"], dtype="bfloat16")
     for r in results:  # 2.
         r["floor_ms"] = floors[r["shape"]]["floor_ms"]
         r["x_floor"] = r["ms_step"] / r["floor_ms"]
+        r["linears_ms"] = floors[r["shape"]]["ms_linears" + ("_bf16" if r["variant"] in DIFFERENT_DISTRIBUTION else "")]
+        r["x_linears"] = r["ms_step"] / r["linears_ms"]
     machine_info = {"cpu_name": cpu_name(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), **machine,
                     "before": before, "after": after, "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
     title = (f"Sampling, {s.model} (LoRA r{s.lora_r if s.use_lora else '-'}), fp32, threads {machine_info['threads']} "
@@ -486,7 +515,9 @@ def main() -> None:
              f"{load_before[0]:.2f}/{machine_info['loadavg_after'][0]:.2f}\n\n`{command}`")
     floor_lines = [f"floor {sh}: {f['bytes'] / 1e6:.1f} MB and {f['flops'] / 1e9:.2f} GFLOP per step at "
                    f"c̄ = {f['context_mean']:.0f} → {f['floor_ms']:.2f} ms ({f['bound']} bound); bf16 weights "
-                   f"{f['floor_ms_bf16']:.2f} ms" for sh, f in floors.items()]
+                   f"{f['floor_ms_bf16']:.2f} ms; the linear layers alone at N = {f['N']} rows as the loop runs "
+                   f"them: {f['ms_linears']:.2f} ms fp32 ({f['ms_linears'] / f['floor_ms']:.2f}× the floor), "
+                   f"{f['ms_linears_bf16']:.2f} ms bf16" for sh, f in floors.items()]
     notes = [f"{n}: ANOTHER DISTRIBUTION than the fp32 policy (bf16 linear layers, grpo.decode [G9]); its logp_gap "
              "is its measured distance to the policy, not checked" for n in names if n in DIFFERENT_DISTRIBUTION]
     text = markdown_table(title, results, COLUMNS) + "\n" + "\n".join(floor_lines + notes) + "\n"
