@@ -12,8 +12,8 @@ Per step, for the N = B·G rows (prompts repeated G times):
 [G1] Why not Hugging Face `generate`: per new token it prepares inputs, runs a list of logits processors and
      stopping criteria and updates its bookkeeping in Python around the one model call that is the real
      work, and that call is out of our hands. Here the loop does only what the step needs, and the call is
-     ours to shape ([G7], [G8]): 63 against 105 ms per decoding step at the main job's shape on 2 threads
-     (scripts/bench_generate.py, docs/bench_generate.md).
+     ours to shape ([G7], [G8]): 83 against 119 ms per decoding step at the benchmark shape 2×4×64 on 2
+     threads (scripts/bench_generate.py, docs/bench_generate.md).
 [G2] The same samples as `generate` with our logits processor (grpo.rollout [D2]) would draw: the same ops in
      the same order on the same logits (scores in fp32, our temperature and truncation, softmax, one
      torch.multinomial over the whole batch, a finished row's token replaced by the pad token afterwards),
@@ -33,7 +33,7 @@ Per step, for the N = B·G rows (prompts repeated G times):
      arrive; the DynamicCache instead concatenates every layer's keys and values at every step (60 `cat`s
      of the whole cache per token for a 30-layer model). Attention then spans the full width under the mask
      (masked positions weigh exactly 0), so the samples are the same. Measured: no faster than the
-     DynamicCache at these sizes (63.0 vs 64.1 ms, 84.2 vs 84.0 ms); kept for the long completions where the
+     DynamicCache at these sizes (83.2 vs 88.7 ms at 2×4×64, 111.3 vs 107.1 ms at 2×8×256); kept for the long completions where the
      concatenation grows. A transformers whose StaticCache cannot take the prefill falls back to the
      DynamicCache.
 [G7] The draw (default "inverse_cdf"): one uniform per row against the fp64 cumulative sum of its

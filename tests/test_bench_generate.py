@@ -41,12 +41,32 @@ def test_bench_generate_checks_times_every_variant_and_writes_the_floor(tmp_path
     floor = report["floors"]["1x2x8"]
     assert floor["N"] == 2 and floor["bytes"] > 0 and floor["flops"] > 0 and floor["floor_ms"] > 0
     assert floor["floor_ms"] == max(floor["ms_memory"], floor["ms_compute"])
+    assert floor["ms_linears"] > 0 and floor["ms_linears_bf16"] > 0  # step 1b
+    for r in report["results"]:
+        dtype_key = "ms_linears_bf16" if r["variant"] == "ours_bf16" else "ms_linears"
+        assert r["linears_ms"] == floor[dtype_key] and r["x_linears"] == pytest.approx(r["ms_step"] / r["linears_ms"])
     machine = report["machine"]
     assert machine["threads"] == 1 and all(machine[k] > 0 for k in ("bandwidth_GBps", "gflops_fp32", "gflops_bf16"))
     assert "bench_generate.py" in report["command"] and report["versions"]["torch"]
     rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
     assert {r["variant"] for r in rows} == expected and all(float(r["x_floor"]) > 0 for r in rows)
     assert out.with_suffix(".png").stat().st_size > 0 and "| variant |" in run.stdout
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_time_linears_runs_every_linear_layer_once_as_the_decoding_loop_does(monkeypatch, dtype):
+    from grpo.models import ModelSettings, load_model_from_settings
+
+    model, _ = load_model_from_settings(ModelSettings(model="tiny-llama", use_lora=True, lora_r=4, lora_alpha=8,
+                                                      lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"]))
+    seen = []
+    monkeypatch.setattr(bg, "_median_seconds", lambda fn, repeats: seen.append(fn()) or 0.002)
+    assert bg.time_linears(model, N=3, dtype=dtype) == pytest.approx(2.0)
+    c = model.config
+    outs = seen[0]
+    assert len(outs) == 7 * c.num_hidden_layers + 1  # q k v o gate up down per layer, and the LM head
+    assert outs[-1].shape == (3, 1, c.vocab_size) and all(o.shape[:2] == (3, 1) for o in outs)
+    assert all(o.dtype == torch.float32 for o in outs)  # bf16 copies inside, the output cast back [G9]
 
 
 def test_check_distribution_stops_a_variant_whose_logprobs_are_off_by_1e_2():
