@@ -157,6 +157,17 @@ def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: to
     return forward
 
 
+def decoding_linear_layers(model) -> list[tuple[torch.nn.Module, bool]]:
+    """The layers decoding_linears patches [G8], as (module, is_lora): every PEFT LoRA layer that is active
+    and not merged, and every plain nn.Linear outside them (the LM head included)."""
+    from grpo.policy import lora_layers
+
+    lora = dict(lora_layers(model))  # name → PEFT LoRA layer that is active and not merged
+    inside_lora = {f"{name}.{child}" for name in lora for child, _ in lora[name].named_modules() if child}
+    return [(m, name in lora) for name, m in model.named_modules()
+            if name in lora or (type(m) is torch.nn.Linear and name not in inside_lora)]
+
+
 @contextlib.contextmanager
 def decoding_linears(model, dtype: str = "float32"):
     """Within the block, the linear layers of `model` run a decoding step's few rows fast [G8]: a plain
@@ -164,22 +175,18 @@ def decoding_linears(model, dtype: str = "float32"):
     computed once here and dropped on exit; the model's own weights are not touched.
     dtype: "float32" (the weights as they are) or "bfloat16", bf16 copies of W (or W + ΔW) for every
     decoding step's rows [G9]."""
-    from grpo.policy import lora_layers, merged_lora_weight
+    from grpo.policy import merged_lora_weight
 
     if dtype not in LINEAR_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(LINEAR_DTYPES)}, got {dtype!r}")
     cast = LINEAR_DTYPES[dtype]
     patched = []
-    lora = dict(lora_layers(model))  # name → PEFT LoRA layer that is active and not merged
-    inside_lora = {f"{name}.{child}" for name in lora for child, _ in lora[name].named_modules() if child}
-    for name, m in model.named_modules():
-        if name in lora:
-            base = m.get_base_layer()
-            m.forward = _few_rows(merged_lora_weight(m), base.bias, m.forward, cast)
-            patched.append(m)
-        elif type(m) is torch.nn.Linear and name not in inside_lora:
+    for m, is_lora in decoding_linear_layers(model):
+        if is_lora:
+            m.forward = _few_rows(merged_lora_weight(m), m.get_base_layer().bias, m.forward, cast)
+        else:
             m.forward = _few_rows(m.weight, m.bias, m.forward, cast)
-            patched.append(m)
+        patched.append(m)
     try:
         yield
     finally:

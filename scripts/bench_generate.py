@@ -181,17 +181,12 @@ def time_linears(model, *, N: int, dtype: str, repeats: int = 5) -> float:
     every linear layer of the model (LM head and LoRA layers, merged, included) once on N random rows
     [N, 1, in], back to back. What this machine's BLAS makes of the weights at N rows: the part of a step
     no change to the loop around the model can remove."""
-    from grpo.decode import decoding_linears
-    from grpo.policy import lora_layers
+    from grpo.decode import decoding_linear_layers, decoding_linears
 
-    lora = dict(lora_layers(model))
-    inside = {f"{n}.{c}" for n in lora for c, _ in lora[n].named_modules() if c}
-    layers = [m for n, m in model.named_modules()
-              if n in lora or (type(m) is torch.nn.Linear and n not in inside)]
+    layers = decoding_linear_layers(model)  # (module, is_lora)
+    xs = [torch.randn(N, 1, (m.get_base_layer() if is_lora else m).in_features) for m, is_lora in layers]
     with torch.no_grad(), decoding_linears(model, dtype):
-        xs = [torch.randn(N, 1, (m.get_base_layer() if hasattr(m, "get_base_layer") else m).in_features)
-              for m in layers]
-        return 1e3 * _median_seconds(lambda: [m(x) for m, x in zip(layers, xs)], repeats)
+        return 1e3 * _median_seconds(lambda: [m(x) for (m, _), x in zip(layers, xs)], repeats)
 
 
 # ------------------------------------------------------------------------------------- 2. the floor
