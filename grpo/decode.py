@@ -32,8 +32,9 @@ Per step, for the N = B·G rows (prompts repeated G times):
      and written in place, with an attention mask of that width whose columns are switched on as tokens
      arrive; the DynamicCache instead concatenates every layer's keys and values at every step (60 `cat`s
      of the whole cache per token for a 30-layer model). Attention then spans the full width under the mask
-     (masked positions weigh exactly 0), so the samples are the same. Measured: no faster than the
-     DynamicCache at these sizes (83.2 vs 88.7 ms at 2×4×64, 111.3 vs 107.1 ms at 2×8×256); kept for the long completions where the
+     (masked positions weigh exactly 0), so the samples are the same. Measured: no clear difference from
+     the DynamicCache at these sizes (83.2 vs 88.7 ms at 2×4×64, 111.3 vs 107.1 ms at 2×8×256; their
+     min–max ranges over the timed calls overlap); kept for completions longer than measured, where the
      concatenation grows. A transformers whose StaticCache cannot take the prefill falls back to the
      DynamicCache.
 [G7] The draw (default "inverse_cdf"): one uniform per row against the fp64 cumulative sum of its
