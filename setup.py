@@ -19,7 +19,8 @@ setup(
     python_requires=">=3.11",  # transformers 5.2x (constraints.txt) needs 3.11
     packages=find_packages(include=["grpo", "grpo.*", "sega", "sega.*", "rewards", "rewards.*",
                                     "kernels", "kernels.*"]),
-    package_data={"grpo": ["data/*.jsonl", "data/*.json"], "sega": ["data/*.jsonl"]},
+    package_data={"grpo": ["data/*.jsonl", "data/*.json"], "sega": ["data/*.jsonl"],
+                  "kernels": ["*.cpp"]},  # kernels/few_rows_gemm.cpp, compiled on first use (kernels/few_rows.py)
     install_requires=[
         "torch>=2.4",
         "transformers>=4.56",

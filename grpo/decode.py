@@ -46,10 +46,15 @@ Per step, for the N = B·G rows (prompts repeated G times):
      with its adapter merged, x·(W + ΔW)ᵀ, ΔW = B·A·α/r (PEFT's get_delta_weight), instead of PEFT's
      x·Wᵀ + (x·Aᵀ)·Bᵀ·α/r: one matmul instead of three and none of PEFT's per-call Python; the merged
      weights exist only while sampling (one copy of the adapted weights: 540 MB for smollm2-135m in fp32,
-     below the update's peak) and the trainer's weights are untouched. With several threads a layer
-     computes (W·xᵀ)ᵀ, which MKL splits over W's rows; x·Wᵀ with 8 rows ran at 2/3 of that speed on 2
-     threads (and faster on 1, where the order is kept). Both change only the rounding of the logits (the
-     recorded log-probs match a forward pass of the unmerged model to 1e-5, tests/test_decode.py).
+     below the update's peak) and the trainer's weights are untouched. The matmul itself (fp32, outside
+     autocast) is kernels.few_rows' AVX-512 kernel (Sampling.linear_kernel = "auto", the default, where it
+     runs: an AVX-512 CPU with a C++ compiler; KERNELS_FEW_ROWS=0 switches it off): it streams each weight
+     from memory once for all rows, where torch's CPU matmul at 8 rows read the weights at a third of the
+     memory's speed here (kernels/few_rows.py [R1]). Elsewhere, or with linear_kernel = "torch", torch.mm:
+     with several threads as (W·xᵀ)ᵀ, which MKL splits over W's rows (x·Wᵀ with 8 rows ran at 2/3 of that
+     speed on 2 threads, and faster on 1, where the order is kept); a CPU fp32 run that cannot use the
+     kernel says why once (a warning). Each path changes only the rounding of the logits (the recorded
+     log-probs match a forward pass of the unmerged model to 1e-5, tests/test_decode.py).
 [G9] bf16 sampler (Sampling.linear_dtype = "bfloat16"; off by default, GRPOSettings.sampler_dtype): within
      the block every patched layer of [G8] (plain nn.Linear, the LM head included, and LoRA layers with
      their merged W + ΔW) holds a bf16 copy of its weight, half the bytes a decoding step reads; a step's
@@ -66,12 +71,14 @@ Per step, for the N = B·G rows (prompts repeated G times):
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Sequence
 
 import torch
 
 from grpo.policy import cache_kwarg, causal_lm
 from kernels import token_logprobs_and_entropy
+from kernels.few_rows import few_rows_linear, few_rows_unavailable
 
 
 def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pos: torch.Tensor, G: int, *,
@@ -131,14 +138,19 @@ class _StopStrings:
 
 FEW_ROWS = 64  # [G8] a decoding step's rows; a prefill of many tokens keeps the module's own path
 LINEAR_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}  # Sampling.linear_dtype → the copies' dtype [G9]
+LINEAR_KERNELS = ("auto", "torch")  # Sampling.linear_kernel: kernels.few_rows where it runs, or torch.mm [G8]
 
 
-def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: torch.dtype | None = None):
-    """forward(x) = x·Wᵀ + b, computed as (W·xᵀ)ᵀ when several threads share it and x has few rows [G8];
-    with `cast` (bf16 [G9]) for a decoding step's x [N, 1, in] only, from a copy of W in that dtype, x cast
-    to it and the result cast back (any other x: the module's own path)."""
+def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: torch.dtype | None = None,
+              kernel: bool = False):
+    """forward(x) = x·Wᵀ + b for x with few rows [G8]: by kernels.few_rows when `kernel` (fp32 CPU weights,
+    x fp32 outside autocast), else torch.mm, as (W·xᵀ)ᵀ when several threads share it; with `cast` (bf16
+    [G9]) for a decoding step's x [N, 1, in] only, from a copy of W in that dtype, x cast to it and the
+    result cast back (any other x: the module's own path)."""
     transpose = torch.get_num_threads() > 1 and weight.device.type == "cpu"  # MKL's split over W's rows
     dtype = weight.dtype  # what x must be for this path (the model's weights' dtype)
+    kernel = kernel and cast is None and dtype == torch.float32 and weight.device.type == "cpu" \
+        and weight.is_contiguous()
     if cast is not None:
         weight = weight.to(cast)  # [out, in], dropped with the patch on exit [G9]
 
@@ -148,7 +160,12 @@ def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: to
         if args or kwargs or not (step if cast is not None else few) or x.dtype != dtype:
             return default(x, *args, **kwargs)
         rows = x.reshape(-1, x.shape[-1]).to(weight.dtype)  # [n, in]; a no-op without `cast`
-        y = torch.mm(weight, rows.t()).t().contiguous() if transpose and few else torch.mm(rows, weight.t())  # [n, out]
+        if kernel and not torch.is_autocast_enabled("cpu"):  # autocast would run torch.mm in bf16: its path
+            y = few_rows_linear(rows, weight)  # [n, out]
+        elif transpose and few:
+            y = torch.mm(weight, rows.t()).t().contiguous()  # [n, out]
+        else:
+            y = torch.mm(rows, weight.t())  # [n, out]
         if cast is not None:
             y = y.to(x.dtype)  # [G9]; without `cast` y stays as torch made it (bf16 under autocast, as the module)
         if bias is not None:
@@ -156,6 +173,21 @@ def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: to
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     return forward
+
+
+def _use_kernel(model, kernel: str, cast: torch.dtype | None) -> bool:
+    """Whether the fp32 decoding matmuls go through kernels.few_rows [G8]; a CPU fp32 model that asks for it
+    ("auto") and cannot have it is told why, once per reason."""
+    if kernel not in LINEAR_KERNELS:
+        raise ValueError(f"linear_kernel must be one of {', '.join(LINEAR_KERNELS)}, got {kernel!r}")
+    p = next(iter(model.parameters()), None)
+    if kernel == "torch" or cast is not None or p is None or p.device.type != "cpu" or p.dtype != torch.float32:
+        return False
+    why = few_rows_unavailable()
+    if why is not None and not why.startswith("switched off"):
+        warnings.warn(f"grpo.decode: sampling's linear layers use torch.mm, not the AVX-512 kernel "
+                      f"(kernels.few_rows: {why}); the same samples, slower", stacklevel=3)
+    return why is None
 
 
 def decoding_linear_layers(model) -> list[tuple[torch.nn.Module, bool]]:
@@ -170,23 +202,25 @@ def decoding_linear_layers(model) -> list[tuple[torch.nn.Module, bool]]:
 
 
 @contextlib.contextmanager
-def decoding_linears(model, dtype: str = "float32"):
+def decoding_linears(model, dtype: str = "float32", kernel: str = "auto"):
     """Within the block, the linear layers of `model` run a decoding step's few rows fast [G8]: a plain
-    nn.Linear as (W·xᵀ)ᵀ, a LoRA layer with its adapter merged, W + ΔW (grpo.policy.merged_lora_weight),
+    nn.Linear with its own W, a LoRA layer with its adapter merged, W + ΔW (grpo.policy.merged_lora_weight),
     computed once here and dropped on exit; the model's own weights are not touched.
     dtype: "float32" (the weights as they are) or "bfloat16", bf16 copies of W (or W + ΔW) for every
-    decoding step's rows [G9]."""
+    decoding step's rows [G9]. kernel: "auto" (kernels.few_rows for fp32 CPU weights where it runs) or
+    "torch" (torch.mm) [G8]."""
     from grpo.policy import merged_lora_weight
 
     if dtype not in LINEAR_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(LINEAR_DTYPES)}, got {dtype!r}")
     cast = LINEAR_DTYPES[dtype]
+    use_kernel = _use_kernel(model, kernel, cast)
     patched = []
     for m, is_lora in decoding_linear_layers(model):
         if is_lora:
-            m.forward = _few_rows(merged_lora_weight(m), m.get_base_layer().bias, m.forward, cast)
+            m.forward = _few_rows(merged_lora_weight(m), m.get_base_layer().bias, m.forward, cast, use_kernel)
         else:
-            m.forward = _few_rows(m.weight, m.bias, m.forward, cast)
+            m.forward = _few_rows(m.weight, m.bias, m.forward, cast, use_kernel)
         patched.append(m)
     try:
         yield
@@ -206,7 +240,7 @@ def decode(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     static_cache: a preallocated KV cache [G6] (else transformers' DynamicCache, concatenated per step);
     draw: "inverse_cdf" [G7] or "multinomial" (torch.multinomial, as `generate` draws [G2]).
     """
-    with decoding_linears(model, sampling.linear_dtype):  # [G8] [G9]
+    with decoding_linears(model, sampling.linear_dtype, sampling.linear_kernel):  # [G8] [G9]
         return _decode(model, tokenizer, prompt_ids, prompt_mask, G=G, sampling=sampling, eos_ids=eos_ids,
                        static_cache=static_cache, draw=draw)
 

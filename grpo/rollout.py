@@ -64,6 +64,7 @@ class Sampling:
     stop_strings: tuple[str, ...] = ()
     score: Literal["model", "sampling"] = "model"  # [D3]
     linear_dtype: Literal["float32", "bfloat16"] = "float32"  # our loop's linear layers (grpo.decode [G9])
+    linear_kernel: Literal["auto", "torch"] = "auto"  # their fp32 matmul: kernels.few_rows where it runs, torch.mm ([G8])
 
 
 @dataclass

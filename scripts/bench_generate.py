@@ -10,7 +10,7 @@ Steps:
     `x.sum()` over `bandwidth_mb` of fp32, and matmul throughput = 2n³ / median time of an n × n matmul, in
     fp32 and bf16. Measured before and after the variants; the best of the two is the floor's.
  1b. After the variants: the model's linear layers alone on N random rows, as grpo.decode runs them
-    (time_linears; fp32, and bf16 as [G9]): what this BLAS does with these weights at N rows, the part of a
+    (time_linears; fp32 by kernels.few_rows where it runs and by torch.mm, and bf16 as [G9]): what this BLAS does with these weights at N rows, the part of a
     step no change to the loop can remove. Reported per shape and as x_linears per variant.
  2. Per shape B×G×T (B prompts, G completions each, T new tokens at most), the floor of one decoding step of
     N = B·G rows at the mean context c̄ = P̄ + (T − 1)/2 (P̄: mean real prompt tokens; step t attends P̄ + t):
@@ -36,6 +36,8 @@ Steps:
 
 Variants (VARIANTS; adding one is one line, a name → a callable or `ours(**sample_group keywords)`):
     ours           grpo.rollout.sample_group(loop="decode"): our decoding loop, log-probs and entropies recorded
+    ours_torch_mm  ours with Sampling(linear_kernel="torch"): the decoding steps' fp32 linear layers by torch.mm,
+                   not kernels.few_rows' AVX-512 kernel (grpo.decode [G8]; the same when the kernel cannot run)
     ours_bf16      ours with Sampling(linear_dtype="bfloat16") (grpo.decode [G9]): the decoding steps' linear
                    layers from bf16 copies of the weights. A DIFFERENT DISTRIBUTION from the fp32 policy (the
                    trainer corrects for it by importance sampling, ALGORITHMS.md §5): its log-prob gap to the
@@ -64,7 +66,8 @@ Glossary:
     ms_step, ms_min, ms_max   median, min and max over the timed calls of seconds / decoding steps (ms)
     tokens_s                  median completion tokens generated (masked, EOS included) per second
     x_floor                   ms_step / floor_ms of the shape (step 2)
-    linears_ms, x_linears     step 1b: the linear layers alone (fp32; bf16 for ours_bf16), and ms_step / that:
+    linears_ms, x_linears     step 1b: the linear layers alone (fp32 as `ours` runs them; bf16 for ours_bf16,
+                              torch.mm for ours_torch_mm: LINEARS_OF), and ms_step / that:
                               how much of a step is the loop around the matmuls
     peak_mb                   the process's RSS high-water mark during that variant's calls (Linux VmHWM
                               reset before each call, after the checks' memory is handed back); it includes the
@@ -98,6 +101,7 @@ from grpo.config import UserError, above, at_least, cli_main, parse_settings, re
 from grpo.measure import PeakRSS, cpu_name, package_versions  # noqa: E402
 from grpo.models import ModelSettings, load_model_from_settings  # noqa: E402
 from grpo.run import markdown_table, write_report  # noqa: E402
+from kernels.few_rows import few_rows_unavailable  # noqa: E402
 
 LP_TOL = {torch.float32: 1e-4}  # step 3: max |recorded − forward| log-prob per weights dtype
 
@@ -176,8 +180,9 @@ def measure_machine(s: BenchSettings, repeats: int = 5) -> dict[str, float]:
     return out
 
 
-def time_linears(model, *, N: int, dtype: str, repeats: int = 5) -> float:
-    """ms for one decoding step's linear layers alone, as grpo.decode runs them ([G8], [G9] for "bfloat16"):
+def time_linears(model, *, N: int, dtype: str, kernel: str = "auto", repeats: int = 5) -> float:
+    """ms for one decoding step's linear layers alone, as grpo.decode runs them ([G8], [G9] for "bfloat16";
+    kernel "auto": kernels.few_rows where it runs, "torch": torch.mm, Sampling.linear_kernel):
     every linear layer of the model (LM head and LoRA layers, merged, included) once on N random rows
     [N, 1, in], back to back. What this machine's BLAS makes of the weights at N rows: the part of a step
     no change to the loop around the model can remove."""
@@ -185,7 +190,7 @@ def time_linears(model, *, N: int, dtype: str, repeats: int = 5) -> float:
 
     layers = decoding_linear_layers(model)  # (module, is_lora)
     xs = [torch.randn(N, 1, (m.get_base_layer() if is_lora else m).in_features) for m, is_lora in layers]
-    with torch.no_grad(), decoding_linears(model, dtype):
+    with torch.no_grad(), decoding_linears(model, dtype, kernel):
         return 1e3 * _median_seconds(lambda: [m(x) for (m, _), x in zip(layers, xs)], repeats)
 
 
@@ -233,15 +238,15 @@ class Sample:
     logp: torch.Tensor | None
 
 
-def ours(linear_dtype: str = "float32", **sample_group_kwargs) -> Callable[..., Sample]:
+def ours(linear_dtype: str = "float32", linear_kernel: str = "auto", **sample_group_kwargs) -> Callable[..., Sample]:
     """A variant of grpo.rollout.sample_group: these keywords (loop=..., or any later option) on every call,
-    and Sampling.linear_dtype = `linear_dtype` (grpo.decode [G9])."""
+    and Sampling.linear_dtype / linear_kernel = `linear_dtype` / `linear_kernel` (grpo.decode [G9] / [G8])."""
     def call(model, tok, prompt_ids, prompt_mask, *, G, sampling, seed, record) -> Sample:
         from dataclasses import replace
 
         from grpo.rollout import sample_group
 
-        sampling = replace(sampling, linear_dtype=linear_dtype)
+        sampling = replace(sampling, linear_dtype=linear_dtype, linear_kernel=linear_kernel)
         r = sample_group(model, tok, prompt_ids, prompt_mask, G=G, sampling=sampling, generator_seed=seed,
                          **sample_group_kwargs)
         return Sample(r.completion_ids, r.completion_mask, r.logp)
@@ -313,7 +318,8 @@ def trl_generate(model, tok, prompt_ids, prompt_mask, *, G, sampling, seed, reco
 # `record` asks for logp (step 3; `ours` always records, as sample_group does). A new sample_group option is one
 # line here.
 VARIANTS: dict[str, Callable[..., Sample]] = {
-    "ours": ours(loop="decode"),  # static cache, inverse-CDF draw, merged LoRA, W·xᵀ (grpo.decode)
+    "ours": ours(loop="decode"),  # static cache, inverse-CDF draw, merged LoRA, kernels.few_rows (grpo.decode)
+    "ours_torch_mm": ours(loop="decode", linear_kernel="torch"),  # [G8]: torch.mm for the linears, not the kernel
     "ours_multinomial": ours(loop="decode", draw="multinomial"),  # [G7]: generate's draw
     "ours_dynamic_cache": ours(loop="decode", static_cache=False),  # [G6]: a DynamicCache
     "ours_generate": ours(loop="generate"),  # HF generate + our logits processor (the previous default)
@@ -322,6 +328,7 @@ VARIANTS: dict[str, Callable[..., Sample]] = {
     "trl": trl_generate,
 }
 NEEDS = {"trl": "trl"}  # variant → package it needs installed
+LINEARS_OF = {"ours_bf16": "ms_linears_bf16", "ours_torch_mm": "ms_linears_torch"}  # step 1b's time per variant
 DIFFERENT_DISTRIBUTION = {"ours_bf16"}  # not the fp32 policy's samples: the log-prob gap is reported, not checked
 # Pairs of variants that must draw the same tokens from the same seed (step 3). Since grpo.decode [G7] draws by
 # inverse CDF, `ours` uses other random numbers than generate; a variant with draw="multinomial" pairs with
@@ -495,11 +502,12 @@ def main() -> None:
     floors = {sh: {**f, **step_floor(dims, machine, N=f["N"], context=f["context_mean"])} for sh, f in shapes.items()}
     for f in floors.values():  # 1b. the linear layers alone, as the loop runs them
         f["ms_linears"] = time_linears(model, N=f["N"], dtype="float32")
+        f["ms_linears_torch"] = time_linears(model, N=f["N"], dtype="float32", kernel="torch")
         f["ms_linears_bf16"] = time_linears(model, N=f["N"], dtype="bfloat16")
     for r in results:  # 2.
         r["floor_ms"] = floors[r["shape"]]["floor_ms"]
         r["x_floor"] = r["ms_step"] / r["floor_ms"]
-        r["linears_ms"] = floors[r["shape"]]["ms_linears" + ("_bf16" if r["variant"] in DIFFERENT_DISTRIBUTION else "")]
+        r["linears_ms"] = floors[r["shape"]][LINEARS_OF.get(r["variant"], "ms_linears")]
         r["x_linears"] = r["ms_step"] / r["linears_ms"]
     machine_info = {"cpu_name": cpu_name(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), **machine,
                     "before": before, "after": after, "loadavg_before": load_before, "loadavg_after": os.getloadavg()}
@@ -508,11 +516,16 @@ def main() -> None:
              f"{machine['gflops_fp32']:.0f} / {machine['gflops_bf16']:.0f} GFLOP/s fp32 / bf16; "
              f"timed rounds {s.repeats} after warm-up {s.warmup}; load avg before/after "
              f"{load_before[0]:.2f}/{machine_info['loadavg_after'][0]:.2f}\n\n`{command}`")
+    why = few_rows_unavailable()
+    kernel_note = "kernels.few_rows" if why is None else f"torch.mm: kernels.few_rows unavailable, {why}"
+    machine_info["few_rows_kernel"] = why or "used"
     floor_lines = [f"floor {sh}: {f['bytes'] / 1e6:.1f} MB and {f['flops'] / 1e9:.2f} GFLOP per step at "
                    f"c̄ = {f['context_mean']:.0f} → {f['floor_ms']:.2f} ms ({f['bound']} bound); bf16 weights "
                    f"{f['floor_ms_bf16']:.2f} ms; the linear layers alone at N = {f['N']} rows as the loop runs "
-                   f"them: {f['ms_linears']:.2f} ms fp32 ({f['ms_linears'] / f['floor_ms']:.2f}× the floor), "
-                   f"{f['ms_linears_bf16']:.2f} ms bf16" for sh, f in floors.items()]
+                   f"them: {f['ms_linears']:.2f} ms fp32 ({f['ms_linears'] / f['floor_ms']:.2f}× the floor; "
+                   f"{kernel_note}), {f['ms_linears_torch']:.2f} ms fp32 by torch.mm "
+                   f"({f['ms_linears_torch'] / f['floor_ms']:.2f}×), {f['ms_linears_bf16']:.2f} ms bf16"
+                   for sh, f in floors.items()]
     notes = [f"{n}: ANOTHER DISTRIBUTION than the fp32 policy (bf16 linear layers, grpo.decode [G9]); its logp_gap "
              "is its measured distance to the policy, not checked" for n in names if n in DIFFERENT_DISTRIBUTION]
     text = markdown_table(title, results, COLUMNS) + "\n" + "\n".join(floor_lines + notes) + "\n"

@@ -26,7 +26,7 @@ def test_bench_generate_checks_times_every_variant_and_writes_the_floor(tmp_path
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
-    expected = {"ours", "ours_multinomial", "ours_dynamic_cache", "ours_generate", "ours_bf16", "hf_generate"} | (
+    expected = {"ours", "ours_torch_mm", "ours_multinomial", "ours_dynamic_cache", "ours_generate", "ours_bf16", "hf_generate"} | (
         {"trl"} if importlib.util.find_spec("trl") else set())
     assert {r["variant"] for r in report["results"]} == expected
     for r in report["results"]:
@@ -41,11 +41,12 @@ def test_bench_generate_checks_times_every_variant_and_writes_the_floor(tmp_path
     floor = report["floors"]["1x2x8"]
     assert floor["N"] == 2 and floor["bytes"] > 0 and floor["flops"] > 0 and floor["floor_ms"] > 0
     assert floor["floor_ms"] == max(floor["ms_memory"], floor["ms_compute"])
-    assert floor["ms_linears"] > 0 and floor["ms_linears_bf16"] > 0  # step 1b
+    assert floor["ms_linears"] > 0 and floor["ms_linears_torch"] > 0 and floor["ms_linears_bf16"] > 0  # step 1b
     for r in report["results"]:
-        dtype_key = "ms_linears_bf16" if r["variant"] == "ours_bf16" else "ms_linears"
-        assert r["linears_ms"] == floor[dtype_key] and r["x_linears"] == pytest.approx(r["ms_step"] / r["linears_ms"])
+        key = {"ours_bf16": "ms_linears_bf16", "ours_torch_mm": "ms_linears_torch"}.get(r["variant"], "ms_linears")
+        assert r["linears_ms"] == floor[key] and r["x_linears"] == pytest.approx(r["ms_step"] / r["linears_ms"])
     machine = report["machine"]
+    assert machine["few_rows_kernel"] == (bg.few_rows_unavailable() or "used")
     assert machine["threads"] == 1 and all(machine[k] > 0 for k in ("bandwidth_GBps", "gflops_fp32", "gflops_bf16"))
     assert "bench_generate.py" in report["command"] and report["versions"]["torch"]
     rows = list(csv.DictReader(open(out.with_suffix(".csv"))))
@@ -53,20 +54,26 @@ def test_bench_generate_checks_times_every_variant_and_writes_the_floor(tmp_path
     assert out.with_suffix(".png").stat().st_size > 0 and "| variant |" in run.stdout
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_time_linears_runs_every_linear_layer_once_as_the_decoding_loop_does(monkeypatch, dtype):
+@pytest.mark.parametrize("dtype,kernel", [("float32", "auto"), ("float32", "torch"), ("bfloat16", "auto")])
+def test_time_linears_runs_every_linear_layer_once_as_the_decoding_loop_does(monkeypatch, dtype, kernel):
     from grpo.models import ModelSettings, load_model_from_settings
 
     model, _ = load_model_from_settings(ModelSettings(model="tiny-llama", use_lora=True, lora_r=4, lora_alpha=8,
                                                       lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"]))
     seen = []
     monkeypatch.setattr(bg, "_median_seconds", lambda fn, repeats: seen.append(fn()) or 0.002)
-    assert bg.time_linears(model, N=3, dtype=dtype) == pytest.approx(2.0)
+    import grpo.decode
+
+    calls, real = [], grpo.decode.few_rows_linear
+    monkeypatch.setattr(grpo.decode, "few_rows_linear", lambda x, w: calls.append(1) or real(x, w))
+    assert bg.time_linears(model, N=3, dtype=dtype, kernel=kernel) == pytest.approx(2.0)
     c = model.config
     outs = seen[0]
     assert len(outs) == 7 * c.num_hidden_layers + 1  # q k v o gate up down per layer, and the LM head
     assert outs[-1].shape == (3, 1, c.vocab_size) and all(o.shape[:2] == (3, 1) for o in outs)
     assert all(o.dtype == torch.float32 for o in outs)  # bf16 copies inside, the output cast back [G9]
+    kernel_runs = dtype == "float32" and kernel == "auto" and bg.few_rows_unavailable() is None
+    assert len(calls) == (len(outs) if kernel_runs else 0)  # fp32 "auto": every layer by kernels.few_rows [G8]
 
 
 def test_check_distribution_stops_a_variant_whose_logprobs_are_off_by_1e_2():

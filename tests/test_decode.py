@@ -6,6 +6,7 @@ from grpo.decode import decode, draw_categorical
 from grpo.models import load_model, named_model_path
 from grpo.policy import completion_logprobs
 from grpo.rollout import Sampling, encode_prompts, eos_token_ids, sample_group
+from kernels.few_rows import few_rows_unavailable
 
 PROMPTS = [[{"role": "user", "content": "What is 12 + 7?"}], [{"role": "user", "content": "Name three colours please."}]]
 SAMPLINGS = [dict(), dict(top_k=20), dict(top_p=0.8, temperature=0.7), dict(min_p=0.05), dict(stop_strings=(" ",)),
@@ -274,18 +275,20 @@ def _few_rows_before_g9(weight, bias, default):
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
-def test_the_default_float32_sampler_is_bitwise_what_it_was(lora, monkeypatch, n_threads):
+def test_the_float32_torch_mm_sampler_is_bitwise_what_it_was(lora, monkeypatch, n_threads):
+    """linear_kernel="torch" is the default path as it was before [G9] (and before kernels.few_rows)."""
     import grpo.decode
 
     model, tok = lora
     ids, mask = encode_prompts(tok, PROMPTS)
-    s = Sampling(max_new_tokens=24)
+    s = Sampling(max_new_tokens=24, linear_kernel="torch")
     assert s.linear_dtype == "float32"
     threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
         got = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=1)
-        monkeypatch.setattr(grpo.decode, "_few_rows", lambda w, b, f, cast=None: _few_rows_before_g9(w, b, f))
+        monkeypatch.setattr(grpo.decode, "_few_rows",
+                            lambda w, b, f, cast=None, kernel=False: _few_rows_before_g9(w, b, f))
         want = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=1)
     finally:
         torch.set_num_threads(threads)
@@ -300,3 +303,89 @@ def test_a_bf16_sampler_needs_our_decoding_loop(lora):
     with pytest.raises(ValueError, match="linear_dtype='bfloat16' needs loop='decode'"):
         sample_group(model, tok, ids, mask, G=2, sampling=Sampling(max_new_tokens=4, linear_dtype="bfloat16"),
                      loop="generate")
+
+
+needs_few_rows = pytest.mark.skipif(few_rows_unavailable() is not None,
+                                    reason=f"kernels.few_rows unavailable here: {few_rows_unavailable()}")
+
+
+def _counting_few_rows(monkeypatch) -> list:
+    """grpo.decode's few_rows_linear, counting its calls (row counts, in order)."""
+    import grpo.decode
+
+    calls, real = [], grpo.decode.few_rows_linear
+
+    def counted(x, w):
+        calls.append(x.shape[0])
+        return real(x, w)
+
+    monkeypatch.setattr(grpo.decode, "few_rows_linear", counted)
+    return calls
+
+
+@needs_few_rows
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_the_default_sampler_runs_every_decoding_linear_through_the_kernel_and_samples_the_policy(
+        lora, monkeypatch, n_threads):
+    """[G8]: with linear_kernel="auto" (the default) every linear layer of every decoding step is one
+    kernels.few_rows call; the recorded log-probs match a forward pass, and the samples are the torch.mm path's
+    (their logits differ by rounding only)."""
+    from grpo.decode import decoding_linear_layers
+
+    model, tok = lora
+    ids, mask = encode_prompts(tok, PROMPTS)
+    assert Sampling().linear_kernel == "auto"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        calls = _counting_few_rows(monkeypatch)
+        r = sample_group(model, tok, ids, mask, G=4, sampling=Sampling(max_new_tokens=24), generator_seed=1)
+        by_kernel = list(calls)
+        torch_mm = sample_group(model, tok, ids, mask, G=4, sampling=Sampling(max_new_tokens=24, linear_kernel="torch"),
+                                generator_seed=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == len(by_kernel)  # torch.mm's path never calls the kernel
+    steps, layers = r.completion_ids.shape[1], len(decoding_linear_layers(model))
+    # the prefill of P - 1 positions for 2 prompts (2·(P - 1) rows ≤ 64) and every step's 8 rows
+    assert by_kernel.count(8) == steps * layers and len(by_kernel) in (steps * layers, (steps + 1) * layers)
+    with torch.no_grad():
+        lp, h = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+    m = r.completion_mask
+    torch.testing.assert_close(r.logp[m], lp[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(r.entropy[m], h[m], atol=1e-5, rtol=1e-5)
+    assert torch.equal(r.completion_ids, torch_mm.completion_ids)
+    torch.testing.assert_close(r.logp, torch_mm.logp, atol=1e-5, rtol=1e-5)
+
+
+@needs_few_rows
+def test_under_cpu_autocast_the_decoding_linears_keep_torch_s_bf16_path(lora, monkeypatch):
+    """Autocast runs a module's matmul in bf16; the kernel is fp32, so under autocast the patched layers keep
+    torch.mm (the policy the trainer scores under the same autocast) and never call the kernel."""
+    from grpo.decode import decoding_linear_layers, decoding_linears
+
+    model, _ = lora
+    calls = _counting_few_rows(monkeypatch)
+    layer = next(m for m, is_lora in decoding_linear_layers(model) if not is_lora)  # the LM head
+    x = torch.randn(8, 1, layer.in_features)
+    with torch.no_grad(), decoding_linears(model):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+        assert y.dtype == torch.bfloat16 and calls == []
+        assert layer(x).dtype == torch.float32 and calls == [8]
+
+
+def test_a_kernel_that_cannot_run_leaves_torch_mm_with_one_warning_naming_why(lora, monkeypatch):
+    import grpo.decode
+
+    model, tok = lora
+    ids, mask = encode_prompts(tok, PROMPTS)
+    monkeypatch.setattr(grpo.decode, "few_rows_unavailable", lambda: "no C++ compiler found (set CXX, or install g++)")
+    calls = _counting_few_rows(monkeypatch)
+    with pytest.warns(UserWarning, match=r"torch\.mm, not the AVX-512 kernel \(kernels\.few_rows: no C\+\+ compiler"):
+        got = sample_group(model, tok, ids, mask, G=2, sampling=Sampling(max_new_tokens=8), generator_seed=1)
+    want = sample_group(model, tok, ids, mask, G=2, sampling=Sampling(max_new_tokens=8, linear_kernel="torch"),
+                        generator_seed=1)
+    assert calls == [] and torch.equal(got.logp, want.logp)
+    with pytest.raises(ValueError, match="linear_kernel must be one of auto, torch, got 'mkl'"):
+        sample_group(model, tok, ids, mask, G=2, sampling=Sampling(max_new_tokens=8, linear_kernel="mkl"))

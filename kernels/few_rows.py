@@ -1,0 +1,135 @@
+"""x·Wᵀ for a few rows of x on the CPU, fp32: a hand-written AVX-512 kernel (kernels/few_rows_gemm.cpp).
+
+    y = few_rows_linear(x, weight)     x [M, K], weight [N, K], fp32 CPU → y [M, N] = x·Wᵀ (M small: ≤ 64 used)
+    why = few_rows_unavailable()       None when the kernel runs here, else why not, in one line
+
+Used by the decoding loop (grpo.decode [G8]) for the linear layers of a decoding step, whose rows are the
+B·G sequences being sampled (8 at the main job's shape): y[m, n] = Σ_k x[m, k]·w[n, k].
+
+[R1] Why: at 8 rows torch's CPU matmul (MKL's small-M path) read the weights at 6–16 GB/s here against
+     37–49 GB/s for a plain read, so a decoding step of smollm2-135m (540 MB of fp32 weights) took 77 ms
+     in its linear layers alone, 5.4× the step's floor (scripts/bench_generate.py step 1b). A decoding step
+     is a stream of weights against a handful of rows: each weight should be read from memory once, used
+     for every row while it is in a register, and the next weights should already be on their way.
+[R2] The loop: a block of 3 rows of W against 8 rows of x, 16 columns of k per step: 3 weight vectors
+     and 1 x vector in registers, 24 accumulators (3·8 of the 32 AVX-512 registers), 24 fused multiply-
+     adds per 11 loads. Each (n, m) pair sums in 16 lanes over k; the 16 lanes are added at the end. Rows
+     of x beyond 8 run in further passes over the same block, which is then in L1. K need not be a multiple
+     of 16 (the tail is loaded under a mask, the other lanes as 0), nor N of 3.
+[R3] Software prefetch 8 KiB ahead along W: without it the LM head (49,152 × 576, 113 MB) streamed at
+     15 GB/s with 2 threads here, with it at 32 GB/s (a plain x.sum() of it: 37 GB/s).
+[R4] Threads: an OpenMP loop over the blocks of W's rows, torch.get_num_threads() threads, each a contiguous
+     range (one stream of weights per core). It runs in torch's own OpenMP runtime: the library is loaded
+     after torch, whose libgomp has the same soname, so no second thread pool competes for the cores
+     (tests/test_kernels_few_rows.py reads /proc/self/maps).
+[R5] Exactness: every product and sum in fp32, the same sum as any fp32 matmul in another order; against
+     float64, |y − y₆₄| stays within fp32 rounding of Σ|x·w| (tests). The decoding loop's recorded
+     log-probs then match a forward pass as before (tests/test_decode.py).
+[R6] Build: on first use the source is compiled with the system's C++ compiler (CXX, else g++, c++ or
+     clang++; -O3 -fopenmp -mavx512f -mfma, about a second) into KERNELS_CACHE (default
+     $XDG_CACHE_HOME/grpo-sega or ~/.cache/grpo-sega), named by a hash of the source, flags and compiler,
+     written to a temporary name and renamed, so ranks building at once do not read a half-written file.
+     No torch headers, no ninja. Not available (why says so): KERNELS_FEW_ROWS=0, a CPU without AVX-512
+     (torch.backends.cpu.get_cpu_capability()), not x86-64 Linux, no compiler, a failed build.
+     The caller then uses torch.mm (grpo.decode [G8]): the same distribution, slower.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("few_rows_gemm.cpp")
+FLAGS = ("-O3", "-fopenmp", "-mavx512f", "-mfma", "-std=c++17", "-shared", "-fPIC")  # [R6]
+_state: dict = {}  # "fn": the loaded function, or "why": why there is none (decided once per process)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("KERNELS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "grpo-sega")
+    return Path(root)
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or next(filter(None, map(shutil.which, ("g++", "c++", "clang++"))), None)
+
+
+def _build(cxx: str) -> Path:
+    """The shared library for this source, flags and compiler, compiled once into the cache [R6]."""
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except OSError as err:
+        raise RuntimeError(f"cannot run the C++ compiler {cxx}: {err.strerror}") from None
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, cxx, version]).encode()).hexdigest()[:16]
+    lib = _cache_dir() / f"few_rows_gemm-{key}.so"
+    if not lib.exists():
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        tmp = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")
+        done = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"{Path(cxx).name} could not build {SOURCE.name}: {last}")
+        os.replace(tmp, lib)
+    return lib
+
+
+def _load() -> None:
+    """Decide once per process: the kernel's function in _state["fn"], or why not in _state["why"]."""
+    if os.environ.get("KERNELS_FEW_ROWS", "1") == "0":
+        _state["why"] = "switched off (KERNELS_FEW_ROWS=0)"
+    elif not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
+        _state["why"] = f"not an x86-64 Linux machine ({sys.platform}, {platform.machine()})"
+    elif torch.backends.cpu.get_cpu_capability() != "AVX512":
+        _state["why"] = f"this CPU runs torch at {torch.backends.cpu.get_cpu_capability()}, not AVX512"
+    elif (cxx := _compiler()) is None:
+        _state["why"] = "no C++ compiler found (set CXX, or install g++)"
+    else:
+        try:
+            fn = ctypes.CDLL(str(_build(cxx))).few_rows_mm
+        except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+            _state["why"] = str(err).splitlines()[0]
+        else:
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                           ctypes.c_void_p, ctypes.c_int]
+            fn.restype = None
+            _state["fn"] = fn
+
+
+def few_rows_unavailable() -> str | None:
+    """None when few_rows_linear can run in this process, else the reason, one line [R6]."""
+    if not _state:
+        _load()
+    return _state.get("why")
+
+
+def few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """y = x·Wᵀ, y[m, n] = Σ_k x[m, k]·w[n, k], by the AVX-512 kernel [R2].
+
+    Args: x [M, K] and weight [N, K], fp32 on the CPU (made contiguous if they are not). Returns [M, N] fp32.
+    Raises RuntimeError when the kernel is unavailable (few_rows_unavailable() says why).
+    """
+    why = few_rows_unavailable()
+    if why is not None:
+        raise RuntimeError(f"kernels.few_rows: the AVX-512 kernel is unavailable: {why}")
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"few_rows_linear takes x [M, K] and weight [N, K], got {tuple(x.shape)} and "
+                         f"{tuple(weight.shape)}")
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.device.type != "cpu" \
+            or weight.device.type != "cpu":
+        raise ValueError(f"few_rows_linear takes fp32 CPU tensors, got {x.dtype} on {x.device} and "
+                         f"{weight.dtype} on {weight.device}")
+    x, weight = x.contiguous(), weight.contiguous()
+    (M, K), N = x.shape, weight.shape[0]
+    y = torch.empty(M, N, dtype=torch.float32)
+    if M and N:
+        _state["fn"](x.data_ptr(), M, K, weight.data_ptr(), N, y.data_ptr(), torch.get_num_threads())
+    return y
