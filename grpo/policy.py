@@ -164,6 +164,18 @@ def lora_layers(model) -> list:
 
 @torch.no_grad()
 def merged_lora_weight(layer) -> torch.Tensor:
-    """W + Σ_active ΔW of a PEFT LoRA layer (ΔW = B·A·scaling, PEFT's get_delta_weight), a new tensor."""
-    weight = layer.get_base_layer().weight
-    return weight + sum(layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A)
+    """W + Σ_active ΔW of a PEFT LoRA layer (ΔW = B·A·scaling, PEFT's get_delta_weight), a new tensor.
+
+    An adapter of a plain LoRA Linear (2-D A and B in W's dtype, W stored [out, in]: no fan_in_fan_out, no
+    DoRA) is added by one addmm, W + scaling·(B·A), which reads and writes W once: smollm2-135m's 210 LoRA
+    layers (r 16) merged in 69 ms against 209 ms as W + get_delta_weight(a) (2 threads here, once per
+    sampling call: grpo.decode [G8]); any other adapter by PEFT's get_delta_weight.
+    """
+    merged = layer.get_base_layer().weight
+    for a in (a for a in layer.active_adapters if a in layer.lora_A):
+        A, B = layer.lora_A[a].weight, layer.lora_B[a].weight  # [r, in], [out, r]
+        plain = (not getattr(layer, "fan_in_fan_out", False) and not getattr(layer, "use_dora", {}).get(a, False)
+                 and A.dim() == B.dim() == merged.dim() == 2 and A.dtype == B.dtype == merged.dtype
+                 and (B.shape[0], A.shape[1]) == tuple(merged.shape))
+        merged = torch.addmm(merged, B, A, alpha=layer.scaling[a]) if plain else merged + layer.get_delta_weight(a)
+    return merged if merged is not layer.get_base_layer().weight else merged.clone()

@@ -130,3 +130,37 @@ def test_the_kv_cache_goes_by_the_keyword_this_transformers_takes_without_a_depr
         warnings.simplefilter("always")
         completion_logprobs(model, ids, mask, comp, cmask, share_prompt=True)
     assert not [w for w in caught if "past_key_values" in str(w.message)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_merged_lora_weight_is_w_plus_scaled_b_a_as_peft_defines_it(dtype, tmp_path):
+    """grpo.policy.merged_lora_weight: W + scaling·(B·A) by one addmm for a plain LoRA Linear, against the
+    float64 formula and PEFT's own W + get_delta_weight; a new tensor, W untouched; a fan_in_fan_out layer
+    (W stored [in, out]) goes through PEFT's get_delta_weight."""
+    from grpo.policy import lora_layers, merged_lora_weight
+
+    model, _ = load_model("tiny-llama", cache_dir=tmp_path, dtype=dtype, use_lora=True, lora_r=4, lora_alpha=12)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.1)
+    layers = lora_layers(model)
+    assert layers
+    for _, m in layers:
+        W, A, B, s = m.base_layer.weight, m.lora_A["default"].weight, m.lora_B["default"].weight, m.scaling["default"]
+        assert s == 3.0
+        before = W.clone()
+        got = merged_lora_weight(m)
+        ref = W.double() + s * (B.double() @ A.double())
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        torch.testing.assert_close(got.double(), ref, atol=tol, rtol=tol)
+        torch.testing.assert_close(got, W + m.get_delta_weight("default"), atol=tol, rtol=tol)
+        assert got.data_ptr() != W.data_ptr() and torch.equal(W, before)
+    m = layers[0][1]
+    calls = []
+    m.fan_in_fan_out = True  # PEFT's delta is then transposed: not the addmm form
+    real = m.get_delta_weight
+    m.get_delta_weight = lambda a: calls.append(a) or real(a)
+    merged_lora_weight(m)
+    assert calls == ["default"]
