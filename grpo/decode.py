@@ -50,8 +50,11 @@ Per step, for the N = B·G rows (prompts repeated G times):
      autocast) is kernels.few_rows' AVX-512 kernel (Sampling.linear_kernel = "auto", the default, where it
      runs: an AVX-512 CPU with a C++ compiler; KERNELS_FEW_ROWS=0 switches it off): it streams each weight
      from memory once for all rows, where torch's CPU matmul at 8 rows read the weights at a third of the
-     memory's speed here (kernels/few_rows.py [R1]). Elsewhere, or with linear_kernel = "torch", torch.mm:
-     with several threads as (W·xᵀ)ᵀ, which MKL splits over W's rows (x·Wᵀ with 8 rows ran at 2/3 of that
+     memory's speed here (kernels/few_rows.py [R1]). The prompt's prefill goes through it too, at any
+     number of rows: it also outran torch's matmul there (compute-bound, 180–220 against 140–170 GFLOP/s at
+     64–2048 rows on this CPU, kernels/few_rows.py [R2]; on a CPU whose BLAS does better, linear_kernel =
+     "torch"). Elsewhere, or with linear_kernel = "torch", torch.mm for few rows (≤ FEW_ROWS; a prefill of
+     more keeps the module's own path), with several threads as (W·xᵀ)ᵀ, which MKL splits over W's rows (x·Wᵀ with 8 rows ran at 2/3 of that
      speed on 2 threads, and faster on 1, where the order is kept); a CPU fp32 run that cannot use the
      kernel says why once (a warning). Each path changes only the rounding of the logits (the recorded
      log-probs match a forward pass of the unmerged model to 1e-5, tests/test_decode.py).
@@ -143,10 +146,11 @@ LINEAR_KERNELS = ("auto", "torch")  # Sampling.linear_kernel: kernels.few_rows w
 
 def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: torch.dtype | None = None,
               kernel: bool = False):
-    """forward(x) = x·Wᵀ + b for x with few rows [G8]: by kernels.few_rows when `kernel` (fp32 CPU weights,
-    x fp32 outside autocast), else torch.mm, as (W·xᵀ)ᵀ when several threads share it; with `cast` (bf16
-    [G9]) for a decoding step's x [N, 1, in] only, from a copy of W in that dtype, x cast to it and the
-    result cast back (any other x: the module's own path)."""
+    """forward(x) = x·Wᵀ + b [G8]: by kernels.few_rows when `kernel` (fp32 CPU weights, x fp32 outside
+    autocast; any number of rows, the prompt's prefill too); else for x with few rows by torch.mm, as
+    (W·xᵀ)ᵀ when several threads share it; with `cast` (bf16 [G9]) for a decoding step's x [N, 1, in]
+    only, from a copy of W in that dtype, x cast to it and the result cast back. Any other x: the module's
+    own path."""
     transpose = torch.get_num_threads() > 1 and weight.device.type == "cpu"  # MKL's split over W's rows
     dtype = weight.dtype  # what x must be for this path (the model's weights' dtype)
     kernel = kernel and cast is None and dtype == torch.float32 and weight.device.type == "cpu" \
@@ -155,19 +159,19 @@ def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: to
         weight = weight.to(cast)  # [out, in], dropped with the patch on exit [G9]
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        few = x.dim() >= 2 and x.numel() // x.shape[-1] <= FEW_ROWS
-        step = x.dim() == 3 and x.shape[1] == 1  # [N, 1, in]: one position per row, a decoding step [G9]
-        if args or kwargs or not (step if cast is not None else few) or x.dtype != dtype:
+        if args or kwargs or x.dim() < 2 or x.dtype != dtype:
             return default(x, *args, **kwargs)
-        rows = x.reshape(-1, x.shape[-1]).to(weight.dtype)  # [n, in]; a no-op without `cast`
         if kernel and not torch.is_autocast_enabled("cpu"):  # autocast would run torch.mm in bf16: its path
-            y = few_rows_linear(rows, weight)  # [n, out]
-        elif transpose and few:
-            y = torch.mm(weight, rows.t()).t().contiguous()  # [n, out]
+            y = few_rows_linear(x.reshape(-1, x.shape[-1]), weight)  # [n, out]
         else:
-            y = torch.mm(rows, weight.t())  # [n, out]
-        if cast is not None:
-            y = y.to(x.dtype)  # [G9]; without `cast` y stays as torch made it (bf16 under autocast, as the module)
+            few = x.numel() // x.shape[-1] <= FEW_ROWS
+            step = x.dim() == 3 and x.shape[1] == 1  # [N, 1, in]: one position per row, a decoding step [G9]
+            if not (step if cast is not None else few):
+                return default(x, *args, **kwargs)
+            rows = x.reshape(-1, x.shape[-1]).to(weight.dtype)  # [n, in]; a no-op without `cast`
+            y = torch.mm(weight, rows.t()).t().contiguous() if transpose and few else torch.mm(rows, weight.t())
+            if cast is not None:
+                y = y.to(x.dtype)  # [G9]; without `cast` y is as torch made it (bf16 under autocast, as the module)
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], weight.shape[0])

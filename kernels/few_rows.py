@@ -1,6 +1,6 @@
 """x·Wᵀ for a few rows of x on the CPU, fp32: a hand-written AVX-512 kernel (kernels/few_rows_gemm.cpp).
 
-    y = few_rows_linear(x, weight)     x [M, K], weight [N, K], fp32 CPU → y [M, N] = x·Wᵀ (M small: ≤ 64 used)
+    y = few_rows_linear(x, weight)     x [M, K], weight [N, K], fp32 CPU → y [M, N] = x·Wᵀ (made for small M)
     why = few_rows_unavailable()       None when the kernel runs here, else why not, in one line
 
 Used by the decoding loop (grpo.decode [G8]) for the linear layers of a decoding step, whose rows are the
@@ -14,8 +14,11 @@ B·G sequences being sampled (8 at the main job's shape): y[m, n] = Σ_k x[m, k]
 [R2] The loop: a block of 3 rows of W against 8 rows of x, 16 columns of k per step: 3 weight vectors
      and 1 x vector in registers, 24 accumulators (3·8 of the 32 AVX-512 registers), 24 fused multiply-
      adds per 11 loads. Each (n, m) pair sums in 16 lanes over k; the 16 lanes are added at the end. Rows
-     of x beyond 8 run in further passes over the same block, which is then in L1. K need not be a multiple
-     of 16 (the tail is loaded under a mask, the other lanes as 0), nor N of 3.
+     of x beyond 8 run in further passes over the same block, which is then in L1; many rows (a prompt's
+     prefill) in tiles of 512 KiB of x (which stay in L2), W read once per tile. K need not be a multiple
+     of 16 (the tail is loaded under a mask, the other lanes as 0), nor N of 3. Compute-bound at many
+     rows, it ran at 180–220 GFLOP/s on 2 threads here from 64 to 2048 rows, against 140–170 for torch's
+     F.linear (MKL) at the same shapes of smollm2 (at 8 rows: 140–180 against 27–66).
 [R3] Software prefetch 8 KiB ahead along W: without it the LM head (49,152 × 576, 113 MB) streamed at
      15 GB/s with 2 threads here, with it at 32 GB/s (a plain x.sum() of it: 37 GB/s).
 [R4] Threads: an OpenMP loop over the blocks of W's rows, torch.get_num_threads() threads, each a contiguous

@@ -12,6 +12,7 @@ namespace {
 
 constexpr int R = 3;          // output rows of w per block: R·MB = 24 accumulators, 3 weight vectors, 1 x vector
 constexpr int MB = 8;         // rows of x per pass over a block (a block stays in L1 for the next MB rows)
+constexpr int64_t X_TILE = 1 << 17;  // floats of x (512 KiB) per pass over all of w: they stay in L2 ([R2])
 constexpr int AHEAD = 2048;   // prefetch distance in floats (8 KiB) along w: the hardware prefetcher alone
                               // left the LM head's stream at 15 GB/s here, with it 32 GB/s ([R3])
 
@@ -67,16 +68,20 @@ void rows_of_x(int rows, const float* x, const float* w, int64_t K, float* y, in
 extern "C" void few_rows_mm(const float* x, int64_t M, int64_t K, const float* w, int64_t N, float* y,
                             int threads) {
   const int64_t blocks = (N + R - 1) / R;
-  // [R4] each thread a contiguous range of w's rows: one stream of weights per core, read once for all M rows
+  const int64_t MT = (K == 0 || K * MB > X_TILE) ? MB : X_TILE / K / MB * MB;  // rows per pass: a multiple of MB
+  for (int64_t m0 = 0; m0 < M; m0 += MT) {  // many rows (a prefill): w is read once per MT rows
+    const int64_t m1 = M - m0 < MT ? M : m0 + MT;
+    // [R4] each thread a contiguous range of w's rows: one stream of weights per core, read once for all rows
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t b = 0; b < blocks; ++b) {
-    const int64_t n = b * R;
-    for (int64_t m = 0; m < M; m += MB) {
-      const int rows = (int)(M - m < MB ? M - m : MB);
-      if (n + R <= N) {
-        rows_of_x<R>(rows, x + m * K, w + n * K, K, y + m * N + n, N);
-      } else {
-        for (int64_t i = n; i < N; ++i) rows_of_x<1>(rows, x + m * K, w + i * K, K, y + m * N + i, N);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t n = b * R;
+      for (int64_t m = m0; m < m1; m += MB) {
+        const int rows = (int)(m1 - m < MB ? m1 - m : MB);
+        if (n + R <= N) {
+          rows_of_x<R>(rows, x + m * K, w + n * K, K, y + m * N + n, N);
+        } else {
+          for (int64_t i = n; i < N; ++i) rows_of_x<1>(rows, x + m * K, w + i * K, K, y + m * N + i, N);
+        }
       }
     }
   }

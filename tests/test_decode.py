@@ -110,15 +110,18 @@ def test_draw_categorical_has_the_frequencies_of_the_distribution():
     assert ((freq - p.double()).abs() <= 5 * sigma + 1e-12).all(), freq
 
 
-def test_decoding_linears_run_few_rows_fast_and_change_nothing_else(lora):
-    """[G8]: inside the block a patched layer gives its normal output for few rows (to rounding) and its very
-    own path for many rows, on 1 and on 2 threads; after it the modules and the weights are as they were."""
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
+def test_decoding_linears_run_few_rows_fast_and_change_nothing_else(lora, kernel):
+    """[G8]: inside the block a patched layer gives its normal output for few rows (to rounding), and for
+    many rows too by the kernel ("auto" where it runs) or its very own path (torch.mm's "torch"), on 1 and on
+    2 threads; after it the modules and the weights are as they were."""
     from grpo.decode import decoding_linears
     from grpo.policy import lora_layers
 
     model, _ = lora
     before = {k: v.clone() for k, v in model.state_dict().items()}
     layers = [m for _, m in lora_layers(model)] + [m for m in model.modules() if type(m) is torch.nn.Linear]
+    by_kernel = kernel == "auto" and few_rows_unavailable() is None
     threads = torch.get_num_threads()
     try:
         for n_threads in (1, 2):
@@ -129,13 +132,13 @@ def test_decoding_linears_run_few_rows_fast_and_change_nothing_else(lora):
             with torch.no_grad():
                 want_few = [m(x) for m, x in zip(layers, few)]
                 want_many = [m(x) for m, x in zip(layers, many)]
-                with decoding_linears(model):
+                with decoding_linears(model, kernel=kernel):
                     got_few = [m(x) for m, x in zip(layers, few)]
                     got_many = [m(x) for m, x in zip(layers, many)]
-            for g, w in zip(got_few, want_few):
+            for g, w in zip(got_few + got_many, want_few + want_many):
                 torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
                 assert g.is_contiguous()
-            assert all(torch.equal(g, w) for g, w in zip(got_many, want_many))
+            assert all(torch.equal(g, w) for g, w in zip(got_many, want_many)) != by_kernel
     finally:
         torch.set_num_threads(threads)
     assert all("forward" not in vars(m) for m in model.modules())  # every patch removed
@@ -347,8 +350,10 @@ def test_the_default_sampler_runs_every_decoding_linear_through_the_kernel_and_s
         torch.set_num_threads(threads)
     assert len(calls) == len(by_kernel)  # torch.mm's path never calls the kernel
     steps, layers = r.completion_ids.shape[1], len(decoding_linear_layers(model))
-    # the prefill of P - 1 positions for 2 prompts (2·(P - 1) rows ≤ 64) and every step's 8 rows
-    assert by_kernel.count(8) == steps * layers and len(by_kernel) in (steps * layers, (steps + 1) * layers)
+    # the prefill of P - 1 positions for the 2 prompts (the LM head on their last position only), then every
+    # step's 8 rows
+    prefill = [2 * (ids.shape[1] - 1)] * (layers - 1) + [2]
+    assert by_kernel[:layers] == prefill and by_kernel[layers:] == [8] * (steps * layers)
     with torch.no_grad():
         lp, h = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
     m = r.completion_mask
