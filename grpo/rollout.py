@@ -63,8 +63,9 @@ class Sampling:
     min_p: float = 0.0  # 0 = off
     stop_strings: tuple[str, ...] = ()
     score: Literal["model", "sampling"] = "model"  # [D3]
-    linear_dtype: Literal["float32", "bfloat16"] = "float32"  # our loop's linear layers (grpo.decode [G9])
-    linear_kernel: Literal["auto", "torch"] = "auto"  # their fp32 matmul: kernels.few_rows where it runs, torch.mm ([G8])
+    linear_dtype: Literal["float32", "bfloat16"] = "float32"  # our loop's linear layers (grpo.decode_linears [G9])
+    # their fp32 matmul: kernels.few_rows where it runs, else torch.mm (grpo.decode_linears [G8])
+    linear_kernel: Literal["auto", "torch"] = "auto"
 
 
 @dataclass
@@ -80,7 +81,7 @@ class Rollout:
     entropy: torch.Tensor
     completions: list[str]
     # who sampled, and so whose logp (grpo.trainer [D12]): "hf" our fp32 loop (the trainer's policy); "hf-bf16" our
-    # loop in bf16 (grpo.decode [G9]: its own logp and entropy); "vllm" vLLM's logp, entropy not recorded (zeros)
+    # loop in bf16 (grpo.decode_linears [G9]: its own logp and entropy); "vllm" vLLM's logp, entropy not recorded (zeros)
     # (grpo.vllm_engine [V3]). Anything but "hf" gets the sampler–trainer IS correction.
     sampler: str = "hf"
 
@@ -312,13 +313,13 @@ def sample_group(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.
     loop: "decode", our decoding loop (grpo.decode, the default), or "generate", Hugging Face `generate` with
     our logits processor, kept as the reference and for the benchmark (scripts/bench_generate.py).
     decode_options: grpo.decode.decode's `static_cache` and `draw` (the defaults are the fastest exact ones).
-    sampling.linear_dtype = "bfloat16" (loop "decode" only) samples from bf16 linear layers (grpo.decode [G9]):
+    sampling.linear_dtype = "bfloat16" (loop "decode" only) samples from bf16 linear layers (grpo.decode_linears [G9]):
     the Rollout's sampler is then "hf-bf16", its logp the bf16 sampler's.
     """
     from grpo.decode import decode
 
     if sampling.linear_dtype != "float32" and loop != "decode":
-        raise ValueError(f"linear_dtype={sampling.linear_dtype!r} needs loop='decode' (grpo.decode [G9])")
+        raise ValueError(f"linear_dtype={sampling.linear_dtype!r} needs loop='decode' (grpo.decode_linears [G9])")
     eos = eos_token_ids(model, tokenizer)
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
@@ -343,4 +344,4 @@ def sample_group(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.
     return Rollout(prompt_ids=prompt_ids.repeat_interleave(G, 0), prompt_mask=prompt_mask.repeat_interleave(G, 0),
                    completion_ids=completion_ids, completion_mask=cmask, truncated=~ended, logp=logp * cmask,
                    entropy=entropy * cmask, completions=texts,
-                   sampler="hf" if sampling.linear_dtype == "float32" else "hf-bf16")  # grpo.decode [G9]
+                   sampler="hf" if sampling.linear_dtype == "float32" else "hf-bf16")  # grpo.decode_linears [G9]

@@ -122,7 +122,7 @@ class GRPOSettings(RunSettings, OptimSettings, VLLMSettings, TaskSettings):
     sampler_dtype: Literal["float32", "bfloat16"] = "float32"
     """dtype of the linear layers in our decoding loop's steps: bfloat16 halves the weight bytes read per token (CPUs
     with avx512_bf16, GPUs); a different distribution from the fp32 policy, so the sampler–trainer IS correction
-    applies (vllm_importance_sampling_*; ALGORITHMS.md §5; grpo.decode [G9])"""
+    applies (vllm_importance_sampling_*; ALGORITHMS.md §5; grpo.decode_linears [G9])"""
     # --- objective
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo", "luspo", "cispo", "sapo", "vespo"] = "dapo"
     """surrogate + aggregation (ALGORITHMS.md §2, §2b): clipped grpo, dapo, dr_grpo, bnpo, luspo; cispo sapo vespo"""

@@ -42,7 +42,7 @@ One *step* is one generation batch: B prompts (split over ranks) × G completion
      (grpo.correction, ALGORITHMS.md §5); the mismatch metrics are logged with or without it.
      The trainer's weights reach vLLM before every sampling that follows an optimiser step, and before
      the first (an adapter, a resumed checkpoint or rank 0's broadcast differ from the files vLLM loaded).
-     Our own loop in bf16 (sampler_dtype, grpo.decode [G9]; Rollout.sampler "hf-bf16") is another sampler
+     Our own loop in bf16 (sampler_dtype, grpo.decode_linears [G9]; Rollout.sampler "hf-bf16") is another sampler
      too: lp_old is the trainer's fp32 one as above, and the IS weight and the mismatch metrics compare it
      with the bf16 loop's log-probs. Unlike vLLM it records entropies, of the distribution it sampled, and
      those are kept: `sampling_entropy` then describes what was sampled, forking tokens rank by it at the
@@ -123,7 +123,7 @@ class GRPOTrainer:
         self.sampling = Sampling(max_new_tokens=cfg.max_completion_length, temperature=cfg.temperature,
                                  top_p=cfg.top_p, top_k=cfg.top_k, min_p=cfg.min_p,
                                  stop_strings=tuple(cfg.stop_strings) or task.stop_strings,
-                                 linear_dtype=cfg.sampler_dtype)  # grpo.decode [G9]
+                                 linear_dtype=cfg.sampler_dtype)  # grpo.decode_linears [G9]
         self.weights = cfg.reward_weights or [1.0] * len(task.reward_funcs)
         if len(self.weights) != len(task.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.weights)} entries for {len(task.reward_funcs)} "

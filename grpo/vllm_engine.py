@@ -108,7 +108,7 @@ class VLLMSettings:
         require(self, "vllm_importance_sampling_mode", not (
             self.vllm_importance_sampling_mode.endswith("truncate") and low is None and high is None),
                 "a *_truncate mode needs vllm_importance_sampling_clip_min or _clip_max (grpo.correction [C5])")
-        bf16_sampler = getattr(self, "sampler_dtype", "float32") != "float32"  # our loop in bf16 (grpo.decode [G9])
+        bf16_sampler = getattr(self, "sampler_dtype", "float32") != "float32"  # our loop in bf16 (grpo.decode_linears [G9])
         require(self, "sampler_dtype", not (bf16_sampler and self.use_vllm),
                 "must be float32 with use_vllm = true: vLLM samples in its own dtype (this sets our decoding loop's)")
         other_sampler = self.use_vllm or bf16_sampler  # the IS correction applies (ALGORITHMS.md §5)

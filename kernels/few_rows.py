@@ -1,9 +1,10 @@
 """x·Wᵀ for a few rows of x on the CPU, fp32: a hand-written AVX-512 kernel (kernels/few_rows_gemm.cpp).
 
     y = few_rows_linear(x, weight)     x [M, K], weight [N, K], fp32 CPU → y [M, N] = x·Wᵀ (made for small M)
+    linear = FewRowsLinear(weight)     the same for one fixed weight, checked once: y = linear(x) [R7]
     why = few_rows_unavailable()       None when the kernel runs here, else why not, in one line
 
-Used by the decoding loop (grpo.decode [G8]) for the linear layers of a decoding step, whose rows are the
+Used by the decoding loop (grpo.decode_linears [G8]) for the linear layers of a decoding step, whose rows are the
 B·G sequences being sampled (8 at the main job's shape): y[m, n] = Σ_k x[m, k]·w[n, k].
 
 [R1] Why: at 8 rows torch's CPU matmul (MKL's small-M path) read the weights at 6–16 GB/s here against
@@ -34,7 +35,10 @@ B·G sequences being sampled (8 at the main job's shape): y[m, n] = Σ_k x[m, k]
      written to a temporary name and renamed, so ranks building at once do not read a half-written file.
      No torch headers, no ninja. Not available (why says so): KERNELS_FEW_ROWS=0, a CPU without AVX-512
      (torch.backends.cpu.get_cpu_capability()), not x86-64 Linux, no compiler, a failed build.
-     The caller then uses torch.mm (grpo.decode [G8]): the same distribution, slower.
+     The caller then uses torch.mm (grpo.decode_linears [G8]): the same distribution, slower.
+[R7] Per call, Python: FewRowsLinear checks its weight once, so a call is an output allocation and the
+     C call: 4.7 µs a call here, against 9.0 µs for few_rows_linear, which checks both tensors (a decoding
+     step of smollm2 makes 211 calls).
 """
 from __future__ import annotations
 
@@ -114,12 +118,7 @@ def few_rows_unavailable() -> str | None:
     return _state.get("why")
 
 
-def few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """y = x·Wᵀ, y[m, n] = Σ_k x[m, k]·w[n, k], by the AVX-512 kernel [R2].
-
-    Args: x [M, K] and weight [N, K], fp32 on the CPU (made contiguous if they are not). Returns [M, N] fp32.
-    Raises RuntimeError when the kernel is unavailable (few_rows_unavailable() says why).
-    """
+def _checked(x: torch.Tensor, weight: torch.Tensor) -> None:
     why = few_rows_unavailable()
     if why is not None:
         raise RuntimeError(f"kernels.few_rows: the AVX-512 kernel is unavailable: {why}")
@@ -130,9 +129,34 @@ def few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
             or weight.device.type != "cpu":
         raise ValueError(f"few_rows_linear takes fp32 CPU tensors, got {x.dtype} on {x.device} and "
                          f"{weight.dtype} on {weight.device}")
-    x, weight = x.contiguous(), weight.contiguous()
-    (M, K), N = x.shape, weight.shape[0]
-    y = torch.empty(M, N, dtype=torch.float32)
-    if M and N:
-        _state["fn"](x.data_ptr(), M, K, weight.data_ptr(), N, y.data_ptr(), torch.get_num_threads())
-    return y
+
+
+class FewRowsLinear:
+    """x ↦ x·Wᵀ by the AVX-512 kernel [R2] for one fixed weight [N, K] (fp32 CPU, made contiguous if it is
+    not), checked once here [R7]. Calling it with x [M, K] fp32 CPU returns [M, N] fp32."""
+
+    def __init__(self, weight: torch.Tensor):
+        _checked(weight[:0], weight)
+        self.weight = weight.contiguous()
+        self.N, self.K = weight.shape
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != self.K or x.dtype != torch.float32 or x.device.type != "cpu":
+            _checked(x, self.weight)  # raises, naming what is wrong
+        x = x.contiguous()
+        y = torch.empty(x.shape[0], self.N, dtype=torch.float32)
+        if x.shape[0] and self.N:
+            _state["fn"](x.data_ptr(), x.shape[0], self.K, self.weight.data_ptr(), self.N, y.data_ptr(),
+                         torch.get_num_threads())
+        return y
+
+
+def few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """y = x·Wᵀ, y[m, n] = Σ_k x[m, k]·w[n, k], by the AVX-512 kernel [R2].
+
+    Args: x [M, K] and weight [N, K], fp32 on the CPU (made contiguous if they are not). Returns [M, N] fp32.
+    Raises RuntimeError when the kernel is unavailable (few_rows_unavailable() says why), ValueError for
+    other shapes or dtypes.
+    """
+    _checked(x, weight)
+    return FewRowsLinear(weight)(x)

@@ -32,7 +32,8 @@ inline void block(const float* __restrict x, const float* __restrict w, int64_t 
       _mm_prefetch((const char*)(w + r * K + k + AHEAD), _MM_HINT_T0);  // beyond w's end: a no-op, no fault
     }
     for (int m = 0; m < ROWS; ++m) {
-      const __m512 xv = _mm512_loadu_ps(x + m * K + k);
+      __m512 xv = _mm512_loadu_ps(x + m * K + k);
+      asm("" : "+v"(xv));  // keeps xv in a register: one load for its RR multiply-adds, not one each
       for (int r = 0; r < RR; ++r) acc[r][m] = _mm512_fmadd_ps(wv[r], xv, acc[r][m]);
     }
   }

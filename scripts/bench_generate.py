@@ -10,7 +10,8 @@ Steps:
     `x.sum()` over `bandwidth_mb` of fp32, and matmul throughput = 2n³ / median time of an n × n matmul, in
     fp32 and bf16. Measured before and after the variants; the best of the two is the floor's.
  1b. After the variants: the model's linear layers alone on N random rows, as grpo.decode runs them
-    (time_linears; fp32 by kernels.few_rows where it runs and by torch.mm, and bf16 as [G9]): what this BLAS does with these weights at N rows, the part of a
+    (time_linears; fp32 by kernels.few_rows where it runs and by torch.mm, and bf16 as [G9]): what the
+    kernel and this BLAS do with these weights at N rows, the part of a
     step no change to the loop can remove. Reported per shape and as x_linears per variant.
  2. Per shape B×G×T (B prompts, G completions each, T new tokens at most), the floor of one decoding step of
     N = B·G rows at the mean context c̄ = P̄ + (T − 1)/2 (P̄: mean real prompt tokens; step t attends P̄ + t):
@@ -37,8 +38,8 @@ Steps:
 Variants (VARIANTS; adding one is one line, a name → a callable or `ours(**sample_group keywords)`):
     ours           grpo.rollout.sample_group(loop="decode"): our decoding loop, log-probs and entropies recorded
     ours_torch_mm  ours with Sampling(linear_kernel="torch"): the decoding steps' fp32 linear layers by torch.mm,
-                   not kernels.few_rows' AVX-512 kernel (grpo.decode [G8]; the same when the kernel cannot run)
-    ours_bf16      ours with Sampling(linear_dtype="bfloat16") (grpo.decode [G9]): the decoding steps' linear
+                   not kernels.few_rows' AVX-512 kernel (grpo.decode_linears [G8]; the same when the kernel cannot run)
+    ours_bf16      ours with Sampling(linear_dtype="bfloat16") (grpo.decode_linears [G9]): the decoding steps' linear
                    layers from bf16 copies of the weights. A DIFFERENT DISTRIBUTION from the fp32 policy (the
                    trainer corrects for it by importance sampling, ALGORITHMS.md §5): its log-prob gap to the
                    fp32 forward is reported, not checked; x_floor is still against the fp32 floor (floor_ms_bf16
@@ -181,12 +182,13 @@ def measure_machine(s: BenchSettings, repeats: int = 5) -> dict[str, float]:
 
 
 def time_linears(model, *, N: int, dtype: str, kernel: str = "auto", repeats: int = 5) -> float:
-    """ms for one decoding step's linear layers alone, as grpo.decode runs them ([G8], [G9] for "bfloat16";
-    kernel "auto": kernels.few_rows where it runs, "torch": torch.mm, Sampling.linear_kernel):
+    """ms for one decoding step's linear layers alone, as grpo.decode runs them (grpo.decode_linears [G8],
+    [G9] for "bfloat16"; kernel "auto": kernels.few_rows where it runs, "torch": torch.mm, as
+    Sampling.linear_kernel):
     every linear layer of the model (LM head and LoRA layers, merged, included) once on N random rows
     [N, 1, in], back to back. What this machine's BLAS makes of the weights at N rows: the part of a step
     no change to the loop around the model can remove."""
-    from grpo.decode import decoding_linear_layers, decoding_linears
+    from grpo.decode_linears import decoding_linear_layers, decoding_linears
 
     layers = decoding_linear_layers(model)  # (module, is_lora)
     xs = [torch.randn(N, 1, (m.get_base_layer() if is_lora else m).in_features) for m, is_lora in layers]
@@ -240,7 +242,7 @@ class Sample:
 
 def ours(linear_dtype: str = "float32", linear_kernel: str = "auto", **sample_group_kwargs) -> Callable[..., Sample]:
     """A variant of grpo.rollout.sample_group: these keywords (loop=..., or any later option) on every call,
-    and Sampling.linear_dtype / linear_kernel = `linear_dtype` / `linear_kernel` (grpo.decode [G9] / [G8])."""
+    and Sampling.linear_dtype / linear_kernel = `linear_dtype` / `linear_kernel` (grpo.decode_linears [G9] / [G8])."""
     def call(model, tok, prompt_ids, prompt_mask, *, G, sampling, seed, record) -> Sample:
         from dataclasses import replace
 
@@ -526,8 +528,8 @@ def main() -> None:
                    f"{kernel_note}), {f['ms_linears_torch']:.2f} ms fp32 by torch.mm "
                    f"({f['ms_linears_torch'] / f['floor_ms']:.2f}×), {f['ms_linears_bf16']:.2f} ms bf16"
                    for sh, f in floors.items()]
-    notes = [f"{n}: ANOTHER DISTRIBUTION than the fp32 policy (bf16 linear layers, grpo.decode [G9]); its logp_gap "
-             "is its measured distance to the policy, not checked" for n in names if n in DIFFERENT_DISTRIBUTION]
+    notes = [f"{n}: ANOTHER DISTRIBUTION than the fp32 policy (bf16 linear layers, grpo.decode_linears [G9]); "
+             "its logp_gap is its measured distance to the policy, not checked" for n in names if n in DIFFERENT_DISTRIBUTION]
     text = markdown_table(title, results, COLUMNS) + "\n" + "\n".join(floor_lines + notes) + "\n"
     print(text)
     if s.out:

@@ -62,10 +62,17 @@ def test_time_linears_runs_every_linear_layer_once_as_the_decoding_loop_does(mon
                                                       lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"]))
     seen = []
     monkeypatch.setattr(bg, "_median_seconds", lambda fn, repeats: seen.append(fn()) or 0.002)
-    import grpo.decode
+    import grpo.decode_linears
+    from kernels.few_rows import FewRowsLinear
 
-    calls, real = [], grpo.decode.few_rows_linear
-    monkeypatch.setattr(grpo.decode, "few_rows_linear", lambda x, w: calls.append(1) or real(x, w))
+    calls = []
+
+    class Counted(FewRowsLinear):
+        def __call__(self, x):
+            calls.append(x.shape[0])
+            return super().__call__(x)
+
+    monkeypatch.setattr(grpo.decode_linears, "FewRowsLinear", Counted)
     assert bg.time_linears(model, N=3, dtype=dtype, kernel=kernel) == pytest.approx(2.0)
     c = model.config
     outs = seen[0]

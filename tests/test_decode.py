@@ -115,7 +115,7 @@ def test_decoding_linears_run_few_rows_fast_and_change_nothing_else(lora, kernel
     """[G8]: inside the block a patched layer gives its normal output for few rows (to rounding), and for
     many rows too by the kernel ("auto" where it runs) or its very own path (torch.mm's "torch"), on 1 and on
     2 threads; after it the modules and the weights are as they were."""
-    from grpo.decode import decoding_linears
+    from grpo.decode_linears import decoding_linears
     from grpo.policy import lora_layers
 
     model, _ = lora
@@ -192,7 +192,7 @@ def test_bf16_decoding_linears_run_bf16_matmuls_for_every_decoding_step_and_chan
     weights are as they were."""
     from conftest import TOL
 
-    from grpo.decode import decoding_linears
+    from grpo.decode_linears import decoding_linears
     from grpo.policy import causal_lm, lora_layers
 
     model, _ = lora
@@ -261,7 +261,7 @@ def test_bf16_sampling_records_its_own_logprobs_a_small_nonzero_gap_from_the_fp3
 
 def _few_rows_before_g9(weight, bias, default):
     """The [G8] layer as it was before [G9] (commit b46ebf2), the reference of the default path."""
-    from grpo.decode import FEW_ROWS
+    from grpo.decode_linears import FEW_ROWS
 
     transpose = torch.get_num_threads() > 1 and weight.device.type == "cpu"
 
@@ -280,7 +280,7 @@ def _few_rows_before_g9(weight, bias, default):
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_the_float32_torch_mm_sampler_is_bitwise_what_it_was(lora, monkeypatch, n_threads):
     """linear_kernel="torch" is the default path as it was before [G9] (and before kernels.few_rows)."""
-    import grpo.decode
+    import grpo.decode_linears
 
     model, tok = lora
     ids, mask = encode_prompts(tok, PROMPTS)
@@ -290,8 +290,8 @@ def test_the_float32_torch_mm_sampler_is_bitwise_what_it_was(lora, monkeypatch, 
     torch.set_num_threads(n_threads)
     try:
         got = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=1)
-        monkeypatch.setattr(grpo.decode, "_few_rows",
-                            lambda w, b, f, cast=None, kernel=False: _few_rows_before_g9(w, b, f))
+        monkeypatch.setattr(grpo.decode_linears, "_few_rows",
+                            lambda w, b, f, cast=None, kernel=False, shared=None: _few_rows_before_g9(w, b, f))
         want = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=1)
     finally:
         torch.set_num_threads(threads)
@@ -313,16 +313,18 @@ needs_few_rows = pytest.mark.skipif(few_rows_unavailable() is not None,
 
 
 def _counting_few_rows(monkeypatch) -> list:
-    """grpo.decode's few_rows_linear, counting its calls (row counts, in order)."""
-    import grpo.decode
+    """grpo.decode_linears' calls of the kernel (kernels.few_rows.FewRowsLinear), their row counts in order."""
+    import grpo.decode_linears
+    from kernels.few_rows import FewRowsLinear
 
-    calls, real = [], grpo.decode.few_rows_linear
+    calls = []
 
-    def counted(x, w):
-        calls.append(x.shape[0])
-        return real(x, w)
+    class Counted(FewRowsLinear):
+        def __call__(self, x):
+            calls.append(x.shape[0])
+            return super().__call__(x)
 
-    monkeypatch.setattr(grpo.decode, "few_rows_linear", counted)
+    monkeypatch.setattr(grpo.decode_linears, "FewRowsLinear", Counted)
     return calls
 
 
@@ -333,7 +335,7 @@ def test_the_default_sampler_runs_every_decoding_linear_through_the_kernel_and_s
     """[G8]: with linear_kernel="auto" (the default) every linear layer of every decoding step is one
     kernels.few_rows call; the recorded log-probs match a forward pass, and the samples are the torch.mm path's
     (their logits differ by rounding only)."""
-    from grpo.decode import decoding_linear_layers
+    from grpo.decode_linears import decoding_linear_layers
 
     model, tok = lora
     ids, mask = encode_prompts(tok, PROMPTS)
@@ -349,11 +351,12 @@ def test_the_default_sampler_runs_every_decoding_linear_through_the_kernel_and_s
     finally:
         torch.set_num_threads(threads)
     assert len(calls) == len(by_kernel)  # torch.mm's path never calls the kernel
-    steps, layers = r.completion_ids.shape[1], len(decoding_linear_layers(model))
+    steps, L = r.completion_ids.shape[1], model.config.num_hidden_layers
+    assert len(decoding_linear_layers(model)) == 7 * L + 1
     # the prefill of P - 1 positions for the 2 prompts (the LM head on their last position only), then every
     # step's 8 rows
-    prefill = [2 * (ids.shape[1] - 1)] * (layers - 1) + [2]
-    assert by_kernel[:layers] == prefill and by_kernel[layers:] == [8] * (steps * layers)
+    prefill = [2 * (ids.shape[1] - 1)] * (7 * L) + [2]
+    assert by_kernel == prefill + [8] * ((7 * L + 1) * steps)
     with torch.no_grad():
         lp, h = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
     m = r.completion_mask
@@ -367,7 +370,7 @@ def test_the_default_sampler_runs_every_decoding_linear_through_the_kernel_and_s
 def test_under_cpu_autocast_the_decoding_linears_keep_torch_s_bf16_path(lora, monkeypatch):
     """Autocast runs a module's matmul in bf16; the kernel is fp32, so under autocast the patched layers keep
     torch.mm (the policy the trainer scores under the same autocast) and never call the kernel."""
-    from grpo.decode import decoding_linear_layers, decoding_linears
+    from grpo.decode_linears import decoding_linear_layers, decoding_linears
 
     model, _ = lora
     calls = _counting_few_rows(monkeypatch)
@@ -381,11 +384,12 @@ def test_under_cpu_autocast_the_decoding_linears_keep_torch_s_bf16_path(lora, mo
 
 
 def test_a_kernel_that_cannot_run_leaves_torch_mm_with_one_warning_naming_why(lora, monkeypatch):
-    import grpo.decode
+    import grpo.decode_linears
 
     model, tok = lora
     ids, mask = encode_prompts(tok, PROMPTS)
-    monkeypatch.setattr(grpo.decode, "few_rows_unavailable", lambda: "no C++ compiler found (set CXX, or install g++)")
+    monkeypatch.setattr(grpo.decode_linears, "few_rows_unavailable",
+                        lambda: "no C++ compiler found (set CXX, or install g++)")
     calls = _counting_few_rows(monkeypatch)
     with pytest.warns(UserWarning, match=r"torch\.mm, not the AVX-512 kernel \(kernels\.few_rows: no C\+\+ compiler"):
         got = sample_group(model, tok, ids, mask, G=2, sampling=Sampling(max_new_tokens=8), generator_seed=1)

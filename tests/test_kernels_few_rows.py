@@ -86,14 +86,15 @@ def test_the_kernel_is_switched_off_by_its_environment_variable(tmp_path):
 @needs_kernel
 def test_a_compiler_that_fails_is_named_and_leaves_nothing_half_built(tmp_path):
     fake = tmp_path / "fake-g++"
-    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\necho 'fatal: no AVX-512 here' >&2\n"
-                    "exit 1\n")
+    fake.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo fake 1.0; exit 0; }\n"
+                    "echo 'fatal: no AVX-512 here' >&2\nexit 1\n")
     fake.chmod(0o755)
     why = _probe(tmp_path / "cache", CXX=str(fake))
     assert why == "fake-g++ could not build few_rows_gemm.cpp: fatal: no AVX-512 here"
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
     missing = tmp_path / "missing-g++"
-    assert _probe(tmp_path / "cache", CXX=str(missing)) == f"cannot run the C++ compiler {missing}: No such file or directory"
+    why = _probe(tmp_path / "cache", CXX=str(missing))
+    assert why == f"cannot run the C++ compiler {missing}: No such file or directory"
 
 
 @needs_kernel
@@ -105,3 +106,20 @@ def test_the_build_is_made_once_and_reused(tmp_path):
     stamp = built[0].stat().st_mtime_ns
     assert _probe(tmp_path) == "None"
     assert list(tmp_path.iterdir()) == built and built[0].stat().st_mtime_ns == stamp
+
+
+@needs_kernel
+def test_few_rows_linear_object_checks_its_weight_once_and_each_x():
+    """[R7]: FewRowsLinear(W)(x) is few_rows_linear(x, W); a wrong x still gets the one-line error."""
+    from kernels.few_rows import FewRowsLinear
+
+    g = torch.Generator().manual_seed(1)
+    w, x = torch.randn(50, 40, generator=g), torch.randn(5, 40, generator=g)
+    linear = FewRowsLinear(w)
+    assert torch.equal(linear(x), few_rows_linear(x, w)) and torch.equal(linear(x[:, :]), linear(x))
+    with pytest.raises(ValueError, match=r"got \(5, 39\) and \(50, 40\)"):
+        linear(x[:, :39])
+    with pytest.raises(ValueError, match="fp32 CPU tensors, got torch.float64"):
+        linear(x.double())
+    with pytest.raises(ValueError, match="fp32 CPU tensors"):
+        FewRowsLinear(w.double())

@@ -123,7 +123,7 @@ def test_at_mu_1_the_gradient_pass_gives_what_a_separate_old_logp_forward_gives(
 
 # ------------------------------------------------------------------------------------- our loop in bf16
 def bf16_trainer(tmp_path, **settings):
-    """tiny-llama in fp32 sampled by our loop with bf16 linear layers (grpo.decode [G9]); its rollouts kept,
+    """tiny-llama in fp32 sampled by our loop with bf16 linear layers (grpo.decode_linears [G9]); its rollouts kept,
     each with a copy of the entropies it recorded."""
     t = make_trainer(tmp_path, loss_type="dapo", **settings)
     sample, t.rollouts = t._sample, []
