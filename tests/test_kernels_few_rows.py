@@ -123,3 +123,20 @@ def test_few_rows_linear_object_checks_its_weight_once_and_each_x():
         linear(x.double())
     with pytest.raises(ValueError, match="fp32 CPU tensors"):
         FewRowsLinear(w.double())
+
+
+@needs_kernel
+def test_ranks_that_build_at_once_all_load_the_kernel(tmp_path):
+    """[R6]: torchrun's ranks start together on an empty cache: each compiles under its own temporary name
+    and renames it into place, so every one of them loads a whole library."""
+    code = ("import torch; from kernels.few_rows import few_rows_linear, few_rows_unavailable; "
+            "assert few_rows_unavailable() is None, few_rows_unavailable(); "
+            "x, w = torch.randn(3, 20), torch.randn(7, 20); "
+            "assert torch.allclose(few_rows_linear(x, w), x @ w.t(), atol=1e-5); print('ok')")
+    env = {**os.environ, "KERNELS_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+    assert [out.strip() for out, _ in outs] == ["ok"] * 3
+    assert [p.name for p in tmp_path.iterdir()] == [next(tmp_path.iterdir()).name]  # one library, no leftovers
