@@ -42,7 +42,7 @@ import torch
 from kernels.few_rows import FewRowsLinear, few_rows_unavailable
 
 
-FEW_ROWS = 64  # [G8] a decoding step's rows; a prefill of many tokens keeps the module's own path
+FEW_ROWS = 64  # [G8] torch.mm's few rows (a decoding step's); a prefill of more keeps the module's own path
 LINEAR_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}  # Sampling.linear_dtype → the copies' dtype [G9]
 LINEAR_KERNELS = ("auto", "torch")  # Sampling.linear_kernel: kernels.few_rows where it runs, or torch.mm [G8]
 
@@ -50,7 +50,8 @@ LINEAR_KERNELS = ("auto", "torch")  # Sampling.linear_kernel: kernels.few_rows w
 def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: torch.dtype | None = None,
               kernel: bool = False):
     """forward(x) = x·Wᵀ + b [G8]: by kernels.few_rows when `kernel` (fp32 CPU weights, x fp32 outside
-    autocast; any number of rows, the prompt's prefill too); else for x with few rows by torch.mm, as
+    autocast, no gradient asked for; any number of rows, the prompt's prefill too); else for x with few
+    rows by torch.mm, as
     (W·xᵀ)ᵀ when several threads share it; with `cast` (bf16 [G9]) for a decoding step's x [N, 1, in]
     only, from a copy of W in that dtype, x cast to it and the result cast back. Any other x: the module's
     own path."""
@@ -65,7 +66,9 @@ def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: to
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if args or kwargs or x.dim() < 2 or x.dtype != dtype:
             return default(x, *args, **kwargs)
-        if kernel and not torch.is_autocast_enabled("cpu"):  # autocast would run torch.mm in bf16: its path
+        # autocast would run torch.mm in bf16, and the kernel has no backward: those keep torch's path
+        if kernel and not torch.is_autocast_enabled("cpu") and not (
+                torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
             y = linear(x.reshape(-1, x.shape[-1]))  # [n, out]
         else:
             few = x.numel() // x.shape[-1] <= FEW_ROWS
@@ -93,7 +96,7 @@ def _use_kernel(model, kernel: str, cast: torch.dtype | None) -> bool:
         return False
     why = few_rows_unavailable()
     if why is not None and not why.startswith("switched off"):
-        warnings.warn(f"grpo.decode: sampling's linear layers use torch.mm, not the AVX-512 kernel "
+        warnings.warn(f"grpo.decode_linears: sampling's linear layers use torch.mm, not the AVX-512 kernel "
                       f"(kernels.few_rows: {why}); the same samples, slower", stacklevel=3)
     return why is None
 

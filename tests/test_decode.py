@@ -367,9 +367,10 @@ def test_the_default_sampler_runs_every_decoding_linear_through_the_kernel_and_s
 
 
 @needs_few_rows
-def test_under_cpu_autocast_the_decoding_linears_keep_torch_s_bf16_path(lora, monkeypatch):
+def test_under_cpu_autocast_or_with_a_gradient_the_decoding_linears_keep_torch_s_path(lora, monkeypatch):
     """Autocast runs a module's matmul in bf16; the kernel is fp32, so under autocast the patched layers keep
-    torch.mm (the policy the trainer scores under the same autocast) and never call the kernel."""
+    torch.mm (the policy the trainer scores under the same autocast) and never call the kernel. Nor when a
+    gradient is asked for: the kernel has no backward."""
     from grpo.decode_linears import decoding_linear_layers, decoding_linears
 
     model, _ = lora
@@ -381,6 +382,12 @@ def test_under_cpu_autocast_the_decoding_linears_keep_torch_s_bf16_path(lora, mo
             y = layer(x)
         assert y.dtype == torch.bfloat16 and calls == []
         assert layer(x).dtype == torch.float32 and calls == [8]
+    with decoding_linears(model):  # the kernel has no backward: a gradient asked for keeps torch's path
+        x.requires_grad_(True)
+        y = layer(x)
+        y.sum().backward()
+    assert y.requires_grad and calls == [8]
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand_as(x), atol=1e-4, rtol=1e-4)
 
 
 def test_a_kernel_that_cannot_run_leaves_torch_mm_with_one_warning_naming_why(lora, monkeypatch):
