@@ -8,8 +8,9 @@ Used by the decoding loop (grpo.decode_linears [G8]) for the linear layers of a 
 B·G sequences being sampled (8 at the main job's shape): y[m, n] = Σ_k x[m, k]·w[n, k].
 
 [R1] Why: at 8 rows torch's CPU matmul (MKL's small-M path) read the weights at 6–16 GB/s here against
-     37–49 GB/s for a plain read, so a decoding step of smollm2-135m (540 MB of fp32 weights) took 77 ms
-     in its linear layers alone, 5.4× the step's floor (scripts/bench_generate.py step 1b). A decoding step
+     37–49 GB/s for a plain read, so a decoding step of smollm2-135m (540 MB of fp32 weights) took 66–77 ms
+     in its linear layers alone, 4.5–5.4× the step's floor (scripts/bench_generate.py step 1b, two runs;
+     this kernel: 22 ms, 1.5×, docs/bench_generate.md). A decoding step
      is a stream of weights against a handful of rows: each weight should be read from memory once, used
      for every row while it is in a register, and the next weights should already be on their way.
 [R2] The loop: a block of 3 rows of W against 8 rows of x, 16 columns of k per step: 3 weight vectors
@@ -19,7 +20,8 @@ B·G sequences being sampled (8 at the main job's shape): y[m, n] = Σ_k x[m, k]
      prefill) in tiles of 512 KiB of x (which stay in L2), W read once per tile. K need not be a multiple
      of 16 (the tail is loaded under a mask, the other lanes as 0), nor N of 3. Compute-bound at many
      rows, it ran at 180–220 GFLOP/s on 2 threads here from 64 to 2048 rows, against 140–170 for torch's
-     F.linear (MKL) at the same shapes of smollm2 (at 8 rows: 140–180 against 27–66).
+     F.linear (MKL) at the same shapes of smollm2 (at 8 rows: 120–180 against 27–66; a one-off
+     microbenchmark, not in a bench script).
 [R3] Software prefetch 8 KiB ahead along W: without it the LM head (49,152 × 576, 113 MB) streamed at
      15 GB/s with 2 threads here, with it at 32 GB/s (a plain x.sum() of it: 37 GB/s).
 [R4] Threads: an OpenMP loop over the blocks of W's rows, torch.get_num_threads() threads, each a contiguous

@@ -139,4 +139,5 @@ def test_ranks_that_build_at_once_all_load_the_kernel(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
     assert [out.strip() for out, _ in outs] == ["ok"] * 3
-    assert [p.name for p in tmp_path.iterdir()] == [next(tmp_path.iterdir()).name]  # one library, no leftovers
+    names = [p.name for p in tmp_path.iterdir()]
+    assert len(names) == 1 and names[0].endswith(".so"), names  # one library, no temporary file left
