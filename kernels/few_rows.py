@@ -160,5 +160,4 @@ def few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     Raises RuntimeError when the kernel is unavailable (few_rows_unavailable() says why), ValueError for
     other shapes or dtypes.
     """
-    _checked(x, weight)
-    return FewRowsLinear(weight)(x)
+    return FewRowsLinear(weight)(x)  # checks the weight, then x

@@ -73,3 +73,20 @@ def shared_data_path(relpath: str, *, if_missing: str = "skip", root: Path = SHA
 def shared_data():
     """`shared_data("data/gsm8k/test.jsonl")` → the path beside the checkout (see `shared_data_path`)."""
     return shared_data_path
+
+
+@pytest.fixture
+def few_rows_calls(monkeypatch) -> list[int]:
+    """The row count of every call grpo.decode_linears makes of the AVX-512 kernel (kernels.few_rows), in order."""
+    import grpo.decode_linears
+    from kernels.few_rows import FewRowsLinear
+
+    calls: list[int] = []
+
+    class Counted(FewRowsLinear):
+        def __call__(self, x):
+            calls.append(x.shape[0])
+            return super().__call__(x)
+
+    monkeypatch.setattr(grpo.decode_linears, "FewRowsLinear", Counted)
+    return calls

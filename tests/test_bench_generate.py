@@ -55,24 +55,14 @@ def test_bench_generate_checks_times_every_variant_and_writes_the_floor(tmp_path
 
 
 @pytest.mark.parametrize("dtype,kernel", [("float32", "auto"), ("float32", "torch"), ("bfloat16", "auto")])
-def test_time_linears_runs_every_linear_layer_once_as_the_decoding_loop_does(monkeypatch, dtype, kernel):
+def test_time_linears_runs_every_linear_layer_once_as_the_decoding_loop_does(monkeypatch, few_rows_calls, dtype,
+                                                                            kernel):
     from grpo.models import ModelSettings, load_model_from_settings
 
     model, _ = load_model_from_settings(ModelSettings(model="tiny-llama", use_lora=True, lora_r=4, lora_alpha=8,
                                                       lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"]))
     seen = []
     monkeypatch.setattr(bg, "_median_seconds", lambda fn, repeats: seen.append(fn()) or 0.002)
-    import grpo.decode_linears
-    from kernels.few_rows import FewRowsLinear
-
-    calls = []
-
-    class Counted(FewRowsLinear):
-        def __call__(self, x):
-            calls.append(x.shape[0])
-            return super().__call__(x)
-
-    monkeypatch.setattr(grpo.decode_linears, "FewRowsLinear", Counted)
     assert bg.time_linears(model, N=3, dtype=dtype, kernel=kernel) == pytest.approx(2.0)
     c = model.config
     outs = seen[0]
@@ -80,7 +70,7 @@ def test_time_linears_runs_every_linear_layer_once_as_the_decoding_loop_does(mon
     assert outs[-1].shape == (3, 1, c.vocab_size) and all(o.shape[:2] == (3, 1) for o in outs)
     assert all(o.dtype == torch.float32 for o in outs)  # bf16 copies inside, the output cast back [G9]
     kernel_runs = dtype == "float32" and kernel == "auto" and bg.few_rows_unavailable() is None
-    assert len(calls) == (len(outs) if kernel_runs else 0)  # fp32 "auto": every layer by kernels.few_rows [G8]
+    assert len(few_rows_calls) == (len(outs) if kernel_runs else 0)  # fp32 "auto": every layer by kernels.few_rows [G8]
 
 
 def test_check_distribution_stops_a_variant_whose_logprobs_are_off_by_1e_2():

@@ -312,26 +312,10 @@ needs_few_rows = pytest.mark.skipif(few_rows_unavailable() is not None,
                                     reason=f"kernels.few_rows unavailable here: {few_rows_unavailable()}")
 
 
-def _counting_few_rows(monkeypatch) -> list:
-    """grpo.decode_linears' calls of the kernel (kernels.few_rows.FewRowsLinear), their row counts in order."""
-    import grpo.decode_linears
-    from kernels.few_rows import FewRowsLinear
-
-    calls = []
-
-    class Counted(FewRowsLinear):
-        def __call__(self, x):
-            calls.append(x.shape[0])
-            return super().__call__(x)
-
-    monkeypatch.setattr(grpo.decode_linears, "FewRowsLinear", Counted)
-    return calls
-
-
 @needs_few_rows
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_the_default_sampler_runs_every_decoding_linear_through_the_kernel_and_samples_the_policy(
-        lora, monkeypatch, n_threads):
+        lora, few_rows_calls, n_threads):
     """[G8]: with linear_kernel="auto" (the default) every linear layer of every decoding step is one
     kernels.few_rows call; the recorded log-probs match a forward pass, and the samples are the torch.mm path's
     (their logits differ by rounding only)."""
@@ -343,7 +327,7 @@ def test_the_default_sampler_runs_every_decoding_linear_through_the_kernel_and_s
     threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
-        calls = _counting_few_rows(monkeypatch)
+        calls = few_rows_calls
         r = sample_group(model, tok, ids, mask, G=4, sampling=Sampling(max_new_tokens=24), generator_seed=1)
         by_kernel = list(calls)
         torch_mm = sample_group(model, tok, ids, mask, G=4, sampling=Sampling(max_new_tokens=24, linear_kernel="torch"),
@@ -367,14 +351,14 @@ def test_the_default_sampler_runs_every_decoding_linear_through_the_kernel_and_s
 
 
 @needs_few_rows
-def test_under_cpu_autocast_or_with_a_gradient_the_decoding_linears_keep_torch_s_path(lora, monkeypatch):
+def test_under_cpu_autocast_or_with_a_gradient_the_decoding_linears_keep_torch_s_path(lora, few_rows_calls):
     """Autocast runs a module's matmul in bf16; the kernel is fp32, so under autocast the patched layers keep
     torch.mm (the policy the trainer scores under the same autocast) and never call the kernel. Nor when a
     gradient is asked for: the kernel has no backward."""
     from grpo.decode_linears import decoding_linear_layers, decoding_linears
 
     model, _ = lora
-    calls = _counting_few_rows(monkeypatch)
+    calls = few_rows_calls
     layer = next(m for m, is_lora in decoding_linear_layers(model) if not is_lora)  # the LM head
     x = torch.randn(8, 1, layer.in_features)
     with torch.no_grad(), decoding_linears(model):
@@ -390,14 +374,14 @@ def test_under_cpu_autocast_or_with_a_gradient_the_decoding_linears_keep_torch_s
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand_as(x), atol=1e-4, rtol=1e-4)
 
 
-def test_a_kernel_that_cannot_run_leaves_torch_mm_with_one_warning_naming_why(lora, monkeypatch):
+def test_a_kernel_that_cannot_run_leaves_torch_mm_with_one_warning_naming_why(lora, monkeypatch, few_rows_calls):
     import grpo.decode_linears
 
     model, tok = lora
     ids, mask = encode_prompts(tok, PROMPTS)
     monkeypatch.setattr(grpo.decode_linears, "few_rows_unavailable",
                         lambda: "no C++ compiler found (set CXX, or install g++)")
-    calls = _counting_few_rows(monkeypatch)
+    calls = few_rows_calls
     with pytest.warns(UserWarning, match=r"torch\.mm, not the AVX-512 kernel \(kernels\.few_rows: no C\+\+ compiler"):
         got = sample_group(model, tok, ids, mask, G=2, sampling=Sampling(max_new_tokens=8), generator_seed=1)
     want = sample_group(model, tok, ids, mask, G=2, sampling=Sampling(max_new_tokens=8, linear_kernel="torch"),
