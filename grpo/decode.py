@@ -45,6 +45,10 @@ Per step, for the N = B·G rows (prompts repeated G times):
      loop draws exactly what `generate` draws [G2].
 [G8] [G9] The linear layers of a decoding step (LoRA merged, kernels.few_rows' AVX-512 kernel; the bf16
      sampler): grpo/decode_linears.py, under the same tags.
+[G10] The model call of a step, for Llama-family models on the CPU (Sampling.decode_step = "auto", the default):
+     grpo/decode_step.py's layer written out (the same equations, one attention kernel per layer), with its own
+     KV cache of P + max_new_tokens columns filled from the prompts' prefill; other models, or decode_step =
+     "hf", call the model's Hugging Face modules as above.
 """
 from __future__ import annotations
 
@@ -53,8 +57,11 @@ from typing import Sequence
 import torch
 
 from grpo.decode_linears import decoding_linears
+from grpo.decode_step import decoding_step
 from grpo.policy import cache_kwarg, causal_lm
 from kernels import token_logprobs_and_entropy
+
+DECODE_STEPS = ("auto", "hf")  # Sampling.decode_step [G10]
 
 
 def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pos: torch.Tensor, G: int, *,
@@ -123,19 +130,26 @@ def decode(model, tokenizer, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     static_cache: a preallocated KV cache [G6] (else transformers' DynamicCache, concatenated per step);
     draw: "inverse_cdf" [G7] or "multinomial" (torch.multinomial, as `generate` draws [G2]).
     """
-    with decoding_linears(model, sampling.linear_dtype, sampling.linear_kernel):  # [G8] [G9]
+    if sampling.decode_step not in DECODE_STEPS:
+        raise ValueError(f"decode_step must be one of {', '.join(DECODE_STEPS)}, got {sampling.decode_step!r}")
+    with decoding_linears(model, sampling.linear_dtype, sampling.linear_kernel) as rows:  # [G8] [G9]
         return _decode(model, tokenizer, prompt_ids, prompt_mask, G=G, sampling=sampling, eos_ids=eos_ids,
-                       static_cache=static_cache, draw=draw)
+                       static_cache=static_cache, draw=draw, rows=rows)
 
 
-def _decode(model, tokenizer, prompt_ids, prompt_mask, *, G, sampling, eos_ids, static_cache, draw):
+def _decode(model, tokenizer, prompt_ids, prompt_mask, *, G, sampling, eos_ids, static_cache, draw, rows):
     from grpo.rollout import truncate_logits
 
     B, P = prompt_ids.shape
     N, L = B * G, sampling.max_new_tokens
     pos = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P] [G4]
+    step = decoding_step(model, rows, N=N, max_len=P + L) if sampling.decode_step == "auto" else None  # [G10]
     try:
-        key, cache = _prefill(model, prompt_ids, prompt_mask, pos, G, max_len=P + L, static=static_cache)
+        if step is not None:  # the B prompts prefilled by the model; the step repeats them into its own cache
+            key, cache = _prefill(model, prompt_ids, prompt_mask, pos, 1, max_len=P + L, static=False)
+            step.load_prompt(cache, G)
+        else:
+            key, cache = _prefill(model, prompt_ids, prompt_mask, pos, G, max_len=P + L, static=static_cache)
     except (AttributeError, TypeError, ValueError, NotImplementedError, KeyError):
         # a cache that cannot be repeated or made static [G3] [G6]: all N rows prefilled, in a DynamicCache
         static_cache = False
@@ -151,10 +165,13 @@ def _decode(model, tokenizer, prompt_ids, prompt_mask, *, G, sampling, eos_ids, 
     unfinished = torch.ones(N, dtype=torch.bool, device=prompt_ids.device)
     tokens, logps, entropies = [], [], []
     for t in range(L):
-        mask = attention if static_cache else attention[:, :P + t]  # [G6]
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **{key: cache},
-                    use_cache=True, logits_to_keep=1)
-        z = out.logits[:, -1, :].float() / sampling.temperature  # [N, V]
+        if step is not None:  # [G10]
+            z = step(step_ids[:, 0], step_pos[:, 0], P - 1 + t, attention) / sampling.temperature  # [N, V]
+        else:
+            mask = attention if static_cache else attention[:, :P + t]  # [G6]
+            out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, **{key: cache},
+                        use_cache=True, logits_to_keep=1)
+            z = out.logits[:, -1, :].float() / sampling.temperature  # [N, V]
         z_trunc = truncate_logits(z, top_k=sampling.top_k, top_p=sampling.top_p, min_p=sampling.min_p)
         probs = torch.softmax(z_trunc, dim=-1)
         y = draw_categorical(probs) if draw == "inverse_cdf" else torch.multinomial(probs, 1).squeeze(1)  # [N] [G7]

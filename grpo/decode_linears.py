@@ -49,12 +49,13 @@ LINEAR_KERNELS = ("auto", "torch")  # Sampling.linear_kernel: kernels.few_rows w
 
 def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: torch.dtype | None = None,
               kernel: bool = False):
-    """forward(x) = x·Wᵀ + b [G8]: by kernels.few_rows when `kernel` (fp32 CPU weights, x fp32 outside
-    autocast, no gradient asked for; any number of rows, the prompt's prefill too); else for x with few
-    rows by torch.mm, as
-    (W·xᵀ)ᵀ when several threads share it; with `cast` (bf16 [G9]) for a decoding step's x [N, 1, in]
-    only, from a copy of W in that dtype, x cast to it and the result cast back. Any other x: the module's
-    own path."""
+    """(forward, rows) of a patched layer [G8]. rows(x) = x·Wᵀ + b for x [n, in] in W's dtype (fp32 unless
+    `cast`), no gradient and no autocast (the caller's promise: grpo.decode_step calls it directly): by
+    kernels.few_rows when `kernel` (fp32 CPU weights), else by torch.mm, as (W·xᵀ)ᵀ when several threads share
+    it and x has few rows; with `cast` (bf16 [G9]) from a copy of W in that dtype, x cast to it and the result
+    cast back. forward(x) is the module's: rows(x) where that applies (the kernel for any rows, the prompt's
+    prefill too; torch.mm for a few; bf16 for a decoding step's x [N, 1, in] only), else the module's own path
+    (autocast would run torch.mm in bf16, and the kernel has no backward: those keep torch's path)."""
     transpose = torch.get_num_threads() > 1 and weight.device.type == "cpu"  # MKL's split over W's rows
     dtype = weight.dtype  # what x must be for this path (the model's weights' dtype)
     kernel = kernel and cast is None and dtype == torch.float32 and weight.device.type == "cpu" \
@@ -63,27 +64,33 @@ def _few_rows(weight: torch.Tensor, bias: torch.Tensor | None, default, cast: to
         weight = weight.to(cast)  # [out, in], dropped with the patch on exit [G9]
     linear = FewRowsLinear(weight) if kernel else None  # kernels/few_rows.py [R7]
 
+    def by(x: torch.Tensor, by_kernel: bool) -> torch.Tensor:  # [n, in] → [n, out]
+        if by_kernel:
+            y = linear(x)
+        else:
+            x_w = x.to(weight.dtype)  # a no-op without `cast`
+            few = transpose and x.shape[0] <= FEW_ROWS
+            y = torch.mm(weight, x_w.t()).t().contiguous() if few else torch.mm(x_w, weight.t())
+            if cast is not None:
+                y = y.to(x.dtype)  # [G9]; without `cast` y is as torch made it (bf16 under autocast, as the module)
+        return y if bias is None else y + bias
+
+    def rows(x: torch.Tensor) -> torch.Tensor:
+        return by(x, kernel)
+
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if args or kwargs or x.dim() < 2 or x.dtype != dtype:
             return default(x, *args, **kwargs)
-        # autocast would run torch.mm in bf16, and the kernel has no backward: those keep torch's path
-        if kernel and not torch.is_autocast_enabled("cpu") and not (
-                torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
-            y = linear(x.reshape(-1, x.shape[-1]))  # [n, out]
-        else:
+        by_kernel = kernel and not torch.is_autocast_enabled("cpu") and not (
+            torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        if not by_kernel:
             few = x.numel() // x.shape[-1] <= FEW_ROWS
             step = x.dim() == 3 and x.shape[1] == 1  # [N, 1, in]: one position per row, a decoding step [G9]
             if not (step if cast is not None else few):
                 return default(x, *args, **kwargs)
-            rows = x.reshape(-1, x.shape[-1]).to(weight.dtype)  # [n, in]; a no-op without `cast`
-            y = torch.mm(weight, rows.t()).t().contiguous() if transpose and few else torch.mm(rows, weight.t())
-            if cast is not None:
-                y = y.to(x.dtype)  # [G9]; without `cast` y is as torch made it (bf16 under autocast, as the module)
-        if bias is not None:
-            y = y + bias
-        return y.reshape(*x.shape[:-1], weight.shape[0])
+        return by(x.reshape(-1, x.shape[-1]), by_kernel).reshape(*x.shape[:-1], weight.shape[0])
 
-    return forward
+    return forward, rows
 
 
 def _use_kernel(model, kernel: str, cast: torch.dtype | None) -> bool:
@@ -119,7 +126,8 @@ def decoding_linears(model, dtype: str = "float32", kernel: str = "auto"):
     computed once here and dropped on exit; the model's own weights are not touched.
     dtype: "float32" (the weights as they are) or "bfloat16", bf16 copies of W (or W + ΔW) for every
     decoding step's rows [G9]. kernel: "auto" (kernels.few_rows for fp32 CPU weights where it runs) or
-    "torch" (torch.mm) [G8]."""
+    "torch" (torch.mm) [G8]. Yields {module: rows}, rows(x [n, in]) = x·Wᵀ + b as the patched layer computes
+    it without the module's checks (for grpo.decode_step, under no_grad and outside autocast)."""
     from grpo.policy import merged_lora_weight
 
     if dtype not in LINEAR_DTYPES:
@@ -128,12 +136,12 @@ def decoding_linears(model, dtype: str = "float32", kernel: str = "auto"):
     use_kernel = _use_kernel(model, kernel, cast)
     layers = {m: (merged_lora_weight(m), m.get_base_layer().bias) if is_lora else (m.weight, m.bias)
               for m, is_lora in decoding_linear_layers(model)}  # module → (W or W + ΔW, bias)
-    patched = []
+    patched, rows = [], {}
     for m, (weight, bias) in layers.items():
-        m.forward = _few_rows(weight, bias, m.forward, cast, use_kernel)
+        m.forward, rows[m] = _few_rows(weight, bias, m.forward, cast, use_kernel)
         patched.append(m)
     try:
-        yield
+        yield rows
     finally:
         for m in patched:
             del m.forward

@@ -66,6 +66,8 @@ class Sampling:
     linear_dtype: Literal["float32", "bfloat16"] = "float32"  # our loop's linear layers (grpo.decode_linears [G9])
     # their fp32 matmul: kernels.few_rows where it runs, else torch.mm (grpo.decode_linears [G8])
     linear_kernel: Literal["auto", "torch"] = "auto"
+    # a decoding step's model call: grpo.decode_step's Llama-family layer where it runs, else the HF modules (grpo.decode [G10])
+    decode_step: Literal["auto", "hf"] = "auto"
 
 
 @dataclass

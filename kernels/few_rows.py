@@ -25,19 +25,12 @@ B·G sequences being sampled (8 at the main job's shape): y[m, n] = Σ_k x[m, k]
 [R3] Software prefetch 8 KiB ahead along W: without it the LM head (49,152 × 576, 113 MB) streamed at
      15 GB/s with 2 threads here, with it at 32 GB/s (a plain x.sum() of it: 37 GB/s).
 [R4] Threads: an OpenMP loop over the blocks of W's rows, torch.get_num_threads() threads, each a contiguous
-     range (one stream of weights per core). It runs in torch's own OpenMP runtime: the library is loaded
-     after torch, whose libgomp has the same soname, so no second thread pool competes for the cores
-     (tests/test_kernels_few_rows.py reads /proc/self/maps).
+     range (one stream of weights per core), in torch's own OpenMP runtime (kernels/cpp_build.py [B3]).
 [R5] Exactness: every product and sum in fp32, the same sum as any fp32 matmul in another order; against
      float64, |y − y₆₄| stays within fp32 rounding of Σ|x·w| (tests). The decoding loop's recorded
      log-probs then match a forward pass as before (tests/test_decode.py).
-[R6] Build: on first use the source is compiled with the system's C++ compiler (CXX, else g++, c++ or
-     clang++; -O3 -fopenmp -mavx512f -mfma, about a second) into KERNELS_CACHE (default
-     $XDG_CACHE_HOME/grpo-sega or ~/.cache/grpo-sega), named by a hash of the source, flags and compiler,
-     written to a temporary name and renamed, so ranks building at once do not read a half-written file.
-     No torch headers, no ninja. Not available (why says so): KERNELS_FEW_ROWS=0, a CPU without AVX-512
-     (torch.backends.cpu.get_cpu_capability()), not x86-64 Linux, no compiler, a failed build.
-     The caller then uses torch.mm (grpo.decode_linears [G8]): the same distribution, slower.
+[R6] Build and availability: kernels/cpp_build.py [B1] [B2] (KERNELS_FEW_ROWS=0 switches it off). Unavailable,
+     the caller uses torch.mm (grpo.decode_linears [G8]): the same distribution, slower.
 [R7] Per call, Python: FewRowsLinear checks its weight once, so a call is an output allocation and the
      C call: 4.7 µs a call here, against 9.0 µs for few_rows_linear, which checks both tensors (a decoding
      step of smollm2 makes 211 calls).
@@ -45,72 +38,25 @@ B·G sequences being sampled (8 at the main job's shape): y[m, n] = Σ_k x[m, k]
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("few_rows_gemm.cpp")
-FLAGS = ("-O3", "-fopenmp", "-mavx512f", "-mfma", "-std=c++17", "-shared", "-fPIC")  # [R6]
+from .cpp_build import load_cpp
+
 _state: dict = {}  # "fn": the loaded function, or "why": why there is none (decided once per process)
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("KERNELS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "grpo-sega")
-    return Path(root)
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CXX") or next(filter(None, map(shutil.which, ("g++", "c++", "clang++"))), None)
-
-
-def _build(cxx: str) -> Path:
-    """The shared library for this source, flags and compiler, compiled once into the cache [R6]."""
-    try:
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except OSError as err:
-        raise RuntimeError(f"cannot run the C++ compiler {cxx}: {err.strerror}") from None
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, cxx, version]).encode()).hexdigest()[:16]
-    lib = _cache_dir() / f"few_rows_gemm-{key}.so"
-    if not lib.exists():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        tmp = lib.with_name(f".{lib.name}.{os.getpid()}.tmp")
-        done = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True,
-                              timeout=300)
-        if done.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"{Path(cxx).name} could not build {SOURCE.name}: {last}")
-        os.replace(tmp, lib)
-    return lib
-
-
 def _load() -> None:
-    """Decide once per process: the kernel's function in _state["fn"], or why not in _state["why"]."""
-    if os.environ.get("KERNELS_FEW_ROWS", "1") == "0":
-        _state["why"] = "switched off (KERNELS_FEW_ROWS=0)"
-    elif not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
-        _state["why"] = f"not an x86-64 Linux machine ({sys.platform}, {platform.machine()})"
-    elif torch.backends.cpu.get_cpu_capability() != "AVX512":
-        _state["why"] = f"this CPU runs torch at {torch.backends.cpu.get_cpu_capability()}, not AVX512"
-    elif (cxx := _compiler()) is None:
-        _state["why"] = "no C++ compiler found (set CXX, or install g++)"
-    else:
-        try:
-            fn = ctypes.CDLL(str(_build(cxx))).few_rows_mm
-        except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-            _state["why"] = str(err).splitlines()[0]
-        else:
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                           ctypes.c_void_p, ctypes.c_int]
-            fn.restype = None
-            _state["fn"] = fn
+    """Decide once per process: the kernel's function in _state["fn"], or why not in _state["why"] [R6]."""
+    lib, why = load_cpp("few_rows_gemm.cpp", switch="KERNELS_FEW_ROWS")
+    if lib is None:
+        _state["why"] = why
+        return
+    fn = lib.few_rows_mm
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                   ctypes.c_void_p, ctypes.c_int]
+    fn.restype = None
+    _state["fn"] = fn
 
 
 def few_rows_unavailable() -> str | None:
