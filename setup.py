@@ -20,7 +20,7 @@ setup(
     packages=find_packages(include=["grpo", "grpo.*", "sega", "sega.*", "rewards", "rewards.*",
                                     "kernels", "kernels.*"]),
     package_data={"grpo": ["data/*.jsonl", "data/*.json"], "sega": ["data/*.jsonl"],
-                  "kernels": ["*.cpp"]},  # kernels/few_rows_gemm.cpp, compiled on first use (kernels/few_rows.py)
+                  "kernels": ["*.cpp"]},  # kernels/*.cpp, compiled on first use (kernels/cpp_build.py)
     install_requires=[
         "torch>=2.4",
         "transformers>=4.56",

@@ -55,6 +55,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from grpo.decode_linears import decoding_linears
 from grpo.decode_step import decoding_step
@@ -89,16 +90,29 @@ def _prefill(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, pos: to
     return key, cache
 
 
-def draw_categorical(probs: torch.Tensor) -> torch.Tensor:
+def draw_categorical(probs: torch.Tensor, block: int = 256) -> torch.Tensor:
     """y_i ~ Categorical(probs_i) by inversion: y_i = min{v : C_{i,v} > u_i·C_{i,V}}, C = cumsum(probs) in fp64,
     u_i ~ U[0, 1) (fp64, 53 bits) [G7]. Args: probs [N, V] ≥ 0, rows with a positive sum. Returns [N] int64.
 
-    Exact up to fp64 rounding of the cumulative sum (a probability below ~1e-16 of its row's mass may be
-    drawn at a rounded rate); a zero-probability entry is never drawn.
+    C in two levels (the same C up to fp64 rounding): the fp64 sums of blocks of `block` entries and their
+    cumulative sum find the block where C crosses u·C_V, then the cumulative sum inside that block finds the
+    entry; one pass over probs instead of an fp64 cumsum of all of it. Exact up to fp64 rounding (a
+    probability below ~1e-16 of its row's mass may be drawn at a rounded rate); a zero-probability entry is
+    never drawn.
     """
-    cdf = probs.double().cumsum(-1)  # [N, V]
-    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]  # [N, 1]
-    return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1).squeeze(1)  # [N]
+    N, V = probs.shape
+    nb = -(-V // block)  # blocks per row
+    padded = probs if nb * block == V else F.pad(probs, (0, nb * block - V))  # zeros after V
+    blocks = padded.reshape(N, nb, block)  # [N, nb, block]
+    ends = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # [N, nb]: C at each block's last entry
+    u = torch.rand(N, 1, dtype=torch.float64, device=probs.device) * ends[:, -1:]  # [N, 1]
+    b = torch.searchsorted(ends, u, right=True).clamp(max=nb - 1)  # [N, 1]: the block where C crosses u
+    start = torch.where(b > 0, ends.gather(1, (b - 1).clamp(min=0)), 0.0)  # [N, 1]: C before the block (≤ u)
+    inside = blocks.gather(1, b[:, :, None].expand(N, 1, block))[:, 0]  # [N, block]
+    i = torch.searchsorted(start + inside.cumsum(-1, dtype=torch.float64), u, right=True)  # [N, 1], ≤ block
+    # rounding may leave the block's own sum short of u: its last entry of positive probability then
+    last = block - 1 - (inside > 0).flip(-1).int().argmax(-1, keepdim=True)  # [N, 1]
+    return (b * block + torch.minimum(i, last)).squeeze(1)  # [N]
 
 
 class _StopStrings:

@@ -37,6 +37,9 @@ Steps:
 
 Variants (VARIANTS; adding one is one line, a name → a callable or `ours(**sample_group keywords)`):
     ours           grpo.rollout.sample_group(loop="decode"): our decoding loop, log-probs and entropies recorded
+                   (for a Llama-family model, its layers written out: grpo.decode [G10])
+    ours_hf_modules ours with Sampling(decode_step="hf"): each step calls the model's Hugging Face modules (the
+                   loop before [G10]; with the same linear layers [G8])
     ours_torch_mm  ours with Sampling(linear_kernel="torch"): the decoding steps' fp32 linear layers by torch.mm,
                    not kernels.few_rows' AVX-512 kernel (grpo.decode_linears [G8]; the same when the kernel cannot run)
     ours_bf16      ours with Sampling(linear_dtype="bfloat16") (grpo.decode_linears [G9]): the decoding steps' linear
@@ -240,15 +243,17 @@ class Sample:
     logp: torch.Tensor | None
 
 
-def ours(linear_dtype: str = "float32", linear_kernel: str = "auto", **sample_group_kwargs) -> Callable[..., Sample]:
+def ours(linear_dtype: str = "float32", linear_kernel: str = "auto", decode_step: str = "auto",
+         **sample_group_kwargs) -> Callable[..., Sample]:
     """A variant of grpo.rollout.sample_group: these keywords (loop=..., or any later option) on every call,
-    and Sampling.linear_dtype / linear_kernel = `linear_dtype` / `linear_kernel` (grpo.decode_linears [G9] / [G8])."""
+    and Sampling.linear_dtype / linear_kernel / decode_step = `linear_dtype` / `linear_kernel` / `decode_step`
+    (grpo.decode_linears [G9] / [G8], grpo.decode [G10])."""
     def call(model, tok, prompt_ids, prompt_mask, *, G, sampling, seed, record) -> Sample:
         from dataclasses import replace
 
         from grpo.rollout import sample_group
 
-        sampling = replace(sampling, linear_dtype=linear_dtype, linear_kernel=linear_kernel)
+        sampling = replace(sampling, linear_dtype=linear_dtype, linear_kernel=linear_kernel, decode_step=decode_step)
         r = sample_group(model, tok, prompt_ids, prompt_mask, G=G, sampling=sampling, generator_seed=seed,
                          **sample_group_kwargs)
         return Sample(r.completion_ids, r.completion_mask, r.logp)
@@ -320,10 +325,12 @@ def trl_generate(model, tok, prompt_ids, prompt_mask, *, G, sampling, seed, reco
 # `record` asks for logp (step 3; `ours` always records, as sample_group does). A new sample_group option is one
 # line here.
 VARIANTS: dict[str, Callable[..., Sample]] = {
-    "ours": ours(loop="decode"),  # static cache, inverse-CDF draw, merged LoRA, kernels.few_rows (grpo.decode)
+    # the written-out Llama step [G10], inverse-CDF draw, merged LoRA, kernels.few_rows (grpo.decode)
+    "ours": ours(loop="decode"),
+    "ours_hf_modules": ours(loop="decode", decode_step="hf"),  # [G10]: the model's HF modules at every step
     "ours_torch_mm": ours(loop="decode", linear_kernel="torch"),  # [G8]: torch.mm for the linears, not the kernel
     "ours_multinomial": ours(loop="decode", draw="multinomial"),  # [G7]: generate's draw
-    "ours_dynamic_cache": ours(loop="decode", static_cache=False),  # [G6]: a DynamicCache
+    "ours_dynamic_cache": ours(loop="decode", decode_step="hf", static_cache=False),  # [G6]: the HF modules' DynamicCache
     "ours_generate": ours(loop="generate"),  # HF generate + our logits processor (the previous default)
     "ours_bf16": ours(loop="decode", linear_dtype="bfloat16"),  # [G9]: bf16 linears, ANOTHER DISTRIBUTION (step 3)
     "hf_generate": hf_generate,

@@ -88,13 +88,17 @@ def draw_reference(probs: torch.Tensor, u: torch.Tensor) -> list[int]:
     return out
 
 
-def test_draw_categorical_matches_the_float64_reference(monkeypatch):
-    g = torch.Generator().manual_seed(0)
-    probs = torch.rand(64, 37, generator=g) * (torch.rand(64, 37, generator=g) > 0.3)  # zeros inside rows
+@pytest.mark.parametrize("V,block", [(37, 256), (37, 16), (37, 37), (1000, 256), (1000, 7)])
+def test_draw_categorical_matches_the_float64_reference(monkeypatch, V, block):
+    """One block or several (the two-level cumulative sum), V a multiple of the block or padded."""
+    g = torch.Generator().manual_seed(V + block)
+    probs = torch.rand(64, V, generator=g) * (torch.rand(64, V, generator=g) > 0.3)  # zeros inside rows
     probs[:, 0] += 1e-3  # every row has mass
+    probs[:8, V // 2:] = 0  # rows whose mass ends early: whole blocks of zeros at the end
     u = torch.rand(64, 1, dtype=torch.float64, generator=g)
+    u[0] = 1 - 2 ** -53  # the top of [0, 1): the last entry of positive probability
     monkeypatch.setattr(torch, "rand", lambda *a, **k: u.clone())
-    got = draw_categorical(probs).tolist()
+    got = draw_categorical(probs, block=block).tolist()
     assert got == draw_reference(probs, u[:, 0])
     assert all(probs[i, v] > 0 for i, v in enumerate(got))  # never a zero-probability entry
 
@@ -279,19 +283,20 @@ def _few_rows_before_g9(weight, bias, default):
 
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_the_float32_torch_mm_sampler_is_bitwise_what_it_was(lora, monkeypatch, n_threads):
-    """linear_kernel="torch" is the default path as it was before [G9] (and before kernels.few_rows)."""
+    """linear_kernel="torch" with the Hugging Face modules (decode_step="hf") is the default path as it was
+    before [G9] (and before kernels.few_rows and grpo.decode_step)."""
     import grpo.decode_linears
 
     model, tok = lora
     ids, mask = encode_prompts(tok, PROMPTS)
-    s = Sampling(max_new_tokens=24, linear_kernel="torch")
+    s = Sampling(max_new_tokens=24, linear_kernel="torch", decode_step="hf")
     assert s.linear_dtype == "float32"
     threads = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
         got = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=1)
         monkeypatch.setattr(grpo.decode_linears, "_few_rows",
-                            lambda w, b, f, cast=None, kernel=False, shared=None: _few_rows_before_g9(w, b, f))
+                            lambda w, b, f, cast=None, kernel=False: (_few_rows_before_g9(w, b, f), None))
         want = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=1)
     finally:
         torch.set_num_threads(threads)

@@ -128,3 +128,35 @@ def test_the_kernel_is_switched_off_by_its_environment_variable(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("WHY ", 1)[1].strip() == "switched off (KERNELS_DECODE_ATTENTION=0)"
     assert not any(tmp_path.iterdir())  # nothing built
+
+
+@needs_kernel
+@pytest.mark.parametrize("hd", [12, 64])
+def test_scores_far_apart_underflow_to_zero_weight_as_in_float64(hd):
+    """Scores spread over hundreds (e^−300 is 0 in fp32): the AVX-512 exponential (hd a multiple of 16) and
+    expf (any other hd) weigh them as the float64 softmax does, to fp32 rounding."""
+    q, k, v, cos, sin, K, V, mask = _inputs(3, 4, 2, hd, 50, 44, seed=hd)
+    q = q * 40  # scores of magnitude ~100–300
+    want, _, _ = _reference(q, k, v, cos, sin, K, V, 44, mask, scale=hd ** -0.5)
+    out = decode_attention(q, k, v, cos, sin, K, V, col=44, mask=mask, scale=hd ** -0.5)
+    torch.testing.assert_close(out.double(), want, **TOL[torch.float32])
+
+
+@needs_kernel
+def test_the_softmax_weights_are_float64_s_to_a_few_units_in_the_last_place():
+    """V[p] = the p-th unit vector makes out the attention weights themselves: against the float64 softmax of
+    the same fp32 scores, within 8 ulp (the AVX-512 exponential's polynomial and the sum's rounding) [A4]."""
+    hd, width = 16, 16
+    g = torch.Generator().manual_seed(3)
+    K = torch.zeros(1, 1, width, hd)
+    K[0, 0, :, 0] = torch.linspace(-30, 0, width)  # scores q·K = K[:, 0] with q = e_0: e^−30 … e^0
+    K[0, 0, :, 0] += torch.rand(width, generator=g)
+    V = torch.eye(width, hd)[None, None].clone()  # [1, 1, width, hd]
+    q = torch.zeros(1, hd)
+    q[0, 0] = 1.0
+    k, v = K[0, 0, -1][None].clone(), V[0, 0, -1][None].clone()
+    cos, sin = torch.ones(1, hd), torch.zeros(1, hd)
+    out = decode_attention(q, k, v, cos, sin, K, V, col=width - 1, mask=torch.ones(1, width, dtype=torch.long),
+                           scale=1.0)
+    want = torch.softmax(K[0, 0, :, 0].double(), 0)  # [width]
+    assert torch.all((out[0].double() - want).abs() <= 8 * torch.finfo(torch.float32).eps * want), (out[0], want)
