@@ -12,9 +12,9 @@ Per step, for the N = B·G rows (prompts repeated G times):
 [G1] Why not Hugging Face `generate`: per new token it prepares inputs, runs a list of logits processors and
      stopping criteria and updates its bookkeeping in Python around the one model call that is the real
      work, and that call is out of our hands. Here the loop does only what the step needs, and the call is
-     ours to shape ([G7], [G8]): 60.9 against 150.9 ms per decoding step at the benchmark shape 2×4×64 on
-     2 threads, 121.3 ms with our loop but torch.mm for the linear layers (scripts/bench_generate.py,
-     docs/bench_generate.md).
+     ours to shape ([G7], [G8], [G10]): 35.0 against 153.4 ms per decoding step at the benchmark shape 2×4×64
+     on 2 threads; 50.9 ms with our loop calling the Hugging Face modules, 74.1 ms with torch.mm for the
+     linear layers (scripts/bench_generate.py, docs/bench_generate.md).
 [G2] The same samples as `generate` with our logits processor (grpo.rollout [D2]) would draw: the same ops in
      the same order on the same logits (scores in fp32, our temperature and truncation, softmax, one
      torch.multinomial over the whole batch, a finished row's token replaced by the pad token afterwards),

@@ -15,11 +15,13 @@ Per layer, for the one new position of each of the N rows (x [N, D], the token's
     x        = x + (silu(h·W_gateᵀ) ⊙ h·W_upᵀ)·W_downᵀ
 logits = (rmsnorm(x)·w_norm)·W_headᵀ
 
-[G10] Why: at the main job's shape (8 rows, smollm2-135m's 30 layers) the Hugging Face modules spend about as long
-      in their per-call Python and small ops (module calls, the cache's update, the mask, the rotary embedding's
-      half a dozen ops on q and k, SDPA's dispatch) as the linear layers take to stream the weights; written
-      out, a layer is its seven matmuls (grpo.decode_linears' row functions [G8]: merged LoRA, kernels.few_rows,
-      the bf16 sampler alike), one kernels.decode_attention call, two RMS norms and the MLP's two pointwise ops.
+[G10] Why: at the main job's shape (8 rows, smollm2-135m's 30 layers) the Hugging Face modules spent almost as
+      long in their per-call Python and small ops (module calls, the cache's update, the mask, the rotary
+      embedding's half a dozen ops on q and k, SDPA's dispatch) as the linear layers take to stream the
+      weights: 50.9 ms a decoding step against 24.2 ms of matmuls. Written out, a layer is its seven matmuls
+      (grpo.decode_linears' row functions [G8]: merged LoRA, kernels.few_rows, the bf16 sampler alike), one
+      kernels.decode_attention call, two RMS norms and the MLP's two pointwise ops: 35.0 ms a step
+      (scripts/bench_generate.py, ours against ours_hf_modules, docs/bench_generate.md).
       The same functions of the same weights: the logits differ from the modules' by fp32 rounding only
       (tests/test_decode_step.py: to 1e-5 against the model's own forward; the recorded log-probs against a
       forward pass, as before).

@@ -8,6 +8,10 @@
 
 Backends of the first op: kernels/entropy_cpu.py (compiled one pass, chunked eager fallback) and
 kernels/entropy_triton.py (CUDA), checked against the float64 definition in tests/test_kernels_*.py.
+The decoding step's C++ CPU kernels (AVX-512, built on first use by kernels/cpp_build.py, imported from their
+modules by grpo.decode_linears / grpo.decode_step):
+    FewRowsLinear(weight)(x), few_rows_linear(x, weight)                kernels/few_rows.py
+    decode_attention(q, k, v, cos, sin, K, V, *, col, mask, scale)      kernels/decode_attention.py
 Nothing here imports grpo or sega (STYLE.md layout), and Triton is imported only when used.
 
 The name `kernels` is also Hugging Face's hub-kernel loader (PyPI `kernels`), which transformers and
