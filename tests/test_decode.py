@@ -174,7 +174,7 @@ def test_a_static_cache_that_cannot_be_built_falls_back_to_the_dynamic_one(lora,
         def __init__(self, *a, **k):
             raise TypeError("no such StaticCache signature")
 
-    s = Sampling(max_new_tokens=16)
+    s = Sampling(max_new_tokens=16, decode_step="hf")  # the Hugging Face modules' caches (grpo.decode [G10])
     want = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=5, static_cache=False)
     monkeypatch.setattr(transformers, "StaticCache", Broken)
     got = sample_group(model, tok, ids, mask, G=4, sampling=s, generator_seed=5)

@@ -169,3 +169,23 @@ def test_an_unknown_decode_step_is_one_clear_error(tiny):
     ids, mask = encode_prompts(tok, PROMPTS)
     with pytest.raises(ValueError, match="decode_step must be one of auto, hf, got 'fast'"):
         sample_group(model, tok, ids, mask, G=2, sampling=Sampling(max_new_tokens=4, decode_step="fast"))
+
+
+@needs_kernel
+def test_a_prompt_cache_the_step_cannot_take_falls_back_to_the_modules(tiny, monkeypatch):
+    """A transformers whose prefilled cache the step cannot read: the loop prefills all N rows and calls the
+    Hugging Face modules (grpo.decode [G3]), never the half-loaded step; the same policy."""
+    from grpo.decode_step import LlamaStep
+
+    model, tok = tiny
+    ids, mask = encode_prompts(tok, PROMPTS)
+
+    def broken(self, cache, G):
+        raise AttributeError("no .layers on this cache")
+
+    monkeypatch.setattr(LlamaStep, "load_prompt", broken)
+    monkeypatch.setattr(LlamaStep, "__call__", lambda *a: pytest.fail("the step ran without its prompt"))
+    r = sample_group(model, tok, ids, mask, G=3, sampling=Sampling(max_new_tokens=10), generator_seed=4)
+    with torch.no_grad():
+        lp, _ = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+    torch.testing.assert_close(r.logp[r.completion_mask], lp[r.completion_mask], **TOL[torch.float32])
