@@ -26,7 +26,7 @@ def test_bench_generate_checks_times_every_variant_and_writes_the_floor(tmp_path
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
-    expected = {"ours", "ours_torch_mm", "ours_multinomial", "ours_dynamic_cache", "ours_generate", "ours_bf16", "hf_generate"} | (
+    expected = {"ours", "ours_hf_modules", "ours_torch_mm", "ours_multinomial", "ours_dynamic_cache", "ours_generate", "ours_bf16", "hf_generate"} | (
         {"trl"} if importlib.util.find_spec("trl") else set())
     assert {r["variant"] for r in report["results"]} == expected
     for r in report["results"]:
