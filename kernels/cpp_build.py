@@ -1,6 +1,7 @@
 """The project's C++ CPU kernels: compiled on first use with the system's compiler, loaded with ctypes.
 
-    lib, why = load_cpp("few_rows_gemm.cpp", switch="KERNELS_FEW_ROWS")   # a ctypes.CDLL, or None and why not
+    fn, why = load_function("few_rows_gemm.cpp", "few_rows_mm", argtypes, switch="KERNELS_FEW_ROWS")
+                                                # the C function (a ctypes function), or None and why not
 
 Used by kernels/few_rows.py (the decoding step's matmuls) and kernels/decode_attention.py (its attention).
 [B1] Build: on first use a source of this folder is compiled with the system's C++ compiler (CXX, else g++, c++
@@ -76,3 +77,14 @@ def load_cpp(source_name: str, *, switch: str) -> tuple[ctypes.CDLL | None, str 
         return ctypes.CDLL(str(_build(Path(__file__).with_name(source_name), cxx))), None
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
         return None, str(err).splitlines()[0]
+
+
+def load_function(source_name: str, name: str, argtypes: list, *, switch: str) -> tuple[object | None, str | None]:
+    """(the C function `name` of the source's library, returning void, with these ctypes argument types, None),
+    or (None, why not in one line) [B2]."""
+    lib, why = load_cpp(source_name, switch=switch)
+    if lib is None:
+        return None, why
+    fn = getattr(lib, name)
+    fn.argtypes, fn.restype = argtypes, None
+    return fn, None

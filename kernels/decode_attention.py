@@ -39,21 +39,18 @@ import ctypes
 
 import torch
 
-from .cpp_build import load_cpp
+from .cpp_build import load_function
 
-_state: dict = {}  # "fn": the loaded function, or "why": why there is none (decided once per process)
+_state: dict = {}  # "fn": the loaded function or None, "why": why not or None (decided once per process)
 
 
 def _load() -> None:
-    lib, why = load_cpp("decode_attention.cpp", switch="KERNELS_DECODE_ATTENTION")
-    if lib is None:
-        _state["why"] = why
-        return
-    fn = lib.decode_attention
+    """Decide once per process: the kernel's function in _state["fn"], or why not in _state["why"]."""
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    fn.argtypes = [p] * 7 + [i64] * 6 + [p, i64, ctypes.c_float, p, ctypes.c_int]
-    fn.restype = None
-    _state["fn"] = fn
+    fn, why = load_function("decode_attention.cpp", "decode_attention",
+                            [p] * 7 + [i64] * 6 + [p, i64, ctypes.c_float, p, ctypes.c_int],
+                            switch="KERNELS_DECODE_ATTENTION")
+    _state.update(fn=fn, why=why)
 
 
 def decode_attention_unavailable() -> str | None:

@@ -41,22 +41,17 @@ import ctypes
 
 import torch
 
-from .cpp_build import load_cpp
+from .cpp_build import load_function
 
-_state: dict = {}  # "fn": the loaded function, or "why": why there is none (decided once per process)
+_state: dict = {}  # "fn": the loaded function or None, "why": why not or None (decided once per process)
 
 
 def _load() -> None:
     """Decide once per process: the kernel's function in _state["fn"], or why not in _state["why"] [R6]."""
-    lib, why = load_cpp("few_rows_gemm.cpp", switch="KERNELS_FEW_ROWS")
-    if lib is None:
-        _state["why"] = why
-        return
-    fn = lib.few_rows_mm
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                   ctypes.c_void_p, ctypes.c_int]
-    fn.restype = None
-    _state["fn"] = fn
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    fn, why = load_function("few_rows_gemm.cpp", "few_rows_mm", [p, i64, i64, p, i64, p, ctypes.c_int],
+                            switch="KERNELS_FEW_ROWS")
+    _state.update(fn=fn, why=why)
 
 
 def few_rows_unavailable() -> str | None:
