@@ -39,11 +39,11 @@ Per step, for the N = B·G rows (prompts repeated G times):
      concatenation grows. A transformers whose StaticCache cannot take the prefill falls back to the
      DynamicCache.
 [G7] The draw (default "inverse_cdf"): one uniform per row against the fp64 cumulative sum of its
-     probabilities (in two levels, block sums then one block: 0.35 against 3.1 ms a step for the softmax
-     and the draw at N = 8, V = 49,152 with one fp64 cumsum of it all, a one-off timing), instead of torch.multinomial, which draws an exponential for every entry of the
-     [N, V] matrix (6 ms a step at N = 8, V = 49,152 here, about as long as the rest of the sampling
-     step's non-matmul work). The same distribution, other random numbers: with draw="multinomial" the
-     loop draws exactly what `generate` draws [G2].
+     probabilities, instead of torch.multinomial, which draws an exponential for every entry of the [N, V]
+     matrix (6 ms a step at N = 8, V = 49,152 here). The sum in two levels, block sums then one block's
+     (draw_categorical): softmax and draw 0.35 against 3.1 ms a step with one fp64 cumsum of the whole row
+     (a one-off timing). The same distribution, other random numbers: with draw="multinomial" the loop
+     draws exactly what `generate` draws [G2].
 [G8] [G9] The linear layers of a decoding step (LoRA merged, kernels.few_rows' AVX-512 kernel; the bf16
      sampler): grpo/decode_linears.py, under the same tags.
 [G10] The model call of a step, for Llama-family models on the CPU (Sampling.decode_step = "auto", the default):

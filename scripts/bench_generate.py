@@ -330,7 +330,7 @@ VARIANTS: dict[str, Callable[..., Sample]] = {
     "ours_hf_modules": ours(loop="decode", decode_step="hf"),  # [G10]: the model's HF modules at every step
     "ours_torch_mm": ours(loop="decode", linear_kernel="torch"),  # [G8]: torch.mm for the linears, not the kernel
     "ours_multinomial": ours(loop="decode", draw="multinomial"),  # [G7]: generate's draw
-    "ours_dynamic_cache": ours(loop="decode", decode_step="hf", static_cache=False),  # [G6]: the HF modules' DynamicCache
+    "ours_dynamic_cache": ours(loop="decode", decode_step="hf", static_cache=False),  # [G6]: HF's DynamicCache
     "ours_generate": ours(loop="generate"),  # HF generate + our logits processor (the previous default)
     "ours_bf16": ours(loop="decode", linear_dtype="bfloat16"),  # [G9]: bf16 linears, ANOTHER DISTRIBUTION (step 3)
     "hf_generate": hf_generate,

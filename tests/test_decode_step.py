@@ -14,8 +14,9 @@ from kernels.decode_attention import decode_attention_unavailable
 from conftest import TOL
 
 PROMPTS = [[{"role": "user", "content": "What is 12 + 7?"}], [{"role": "user", "content": "Name three colours please."}]]
-needs_kernel = pytest.mark.skipif(decode_attention_unavailable() is not None,
-                                  reason=f"kernels.decode_attention unavailable here: {decode_attention_unavailable()}")
+needs_kernel = pytest.mark.skipif(
+    decode_attention_unavailable() is not None,
+    reason=f"kernels.decode_attention unavailable here: {decode_attention_unavailable()}")
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from kernels.decode_attention import decode_attention, decode_attention_unavaila
 from conftest import TOL
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_kernel = pytest.mark.skipif(decode_attention_unavailable() is not None,
-                                  reason=f"kernels.decode_attention unavailable here: {decode_attention_unavailable()}")
+needs_kernel = pytest.mark.skipif(
+    decode_attention_unavailable() is not None,
+    reason=f"kernels.decode_attention unavailable here: {decode_attention_unavailable()}")
 
 
 def _reference(q, k, v, cos, sin, K, V, col, mask, scale):
@@ -48,7 +49,8 @@ def _reference(q, k, v, cos, sin, K, V, col, mask, scale):
 
 def _inputs(N, H, Hkv, hd, S, col, seed):
     g = torch.Generator().manual_seed(seed)
-    q, k, v = torch.randn(N, H * hd, generator=g), torch.randn(N, Hkv * hd, generator=g), torch.randn(N, Hkv * hd, generator=g)
+    q = torch.randn(N, H * hd, generator=g)
+    k, v = torch.randn(N, Hkv * hd, generator=g), torch.randn(N, Hkv * hd, generator=g)
     angle = torch.rand(N, hd // 2, generator=g) * 6.3
     cos, sin = torch.cat([angle.cos()] * 2, 1), torch.cat([angle.sin()] * 2, 1)  # [N, hd], as a RoPE table
     K, V = torch.randn(N, Hkv, S, hd, generator=g), torch.randn(N, Hkv, S, hd, generator=g)
