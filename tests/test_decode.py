@@ -29,7 +29,7 @@ def lora(tmp_path_factory):
 def test_decode_with_multinomial_draws_exactly_what_generate_draws(lora, static_cache, kw):
     model, tok = lora
     ids, mask = encode_prompts(tok, PROMPTS)
-    s = Sampling(**{"max_new_tokens": 24, **kw})
+    s = Sampling(**{"max_new_tokens": 24, "decode_step": "hf", **kw})  # [G2]: the modules, as generate calls them
     torch.manual_seed(3)
     ref = sample_group(model, tok, ids, mask, G=4, sampling=s, loop="generate")
     torch.manual_seed(3)
