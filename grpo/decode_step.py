@@ -64,9 +64,10 @@ def unsupported(lm, rows: dict) -> str | None:
         return f"{p.dtype} on {p.device}{', under autocast' if torch.is_autocast_enabled('cpu') else ''}"
     if type(inner.embed_tokens) is not torch.nn.Embedding or lm.get_output_embeddings() not in rows:
         return "the embedding or the LM head is not a plain layer"
+    if not _is_rms_norm(inner.norm):
+        return "the final norm is not an RMS norm"
     for i, layer in enumerate(inner.layers):
-        norms = (layer.input_layernorm, layer.post_attention_layernorm)
-        if any(not type(n).__name__.endswith("RMSNorm") or not hasattr(n, "variance_epsilon") for n in norms):
+        if not (_is_rms_norm(layer.input_layernorm) and _is_rms_norm(layer.post_attention_layernorm)):
             return f"layer {i}: its norms are not RMS norms"
         if any(layer.get_submodule(name) not in rows for name in PROJECTIONS):
             return f"layer {i}: a projection decoding_linears did not patch (quantised?)"
@@ -131,6 +132,12 @@ class LlamaStep:
             h = _rmsnorm(x, w_post, eps_post)
             x = x + down(F.silu(gate(h)) * up(h))
         return self.head(_rmsnorm(x, *self.final))  # [N, V]
+
+
+def _is_rms_norm(module) -> bool:
+    """A Hugging Face *RMSNorm (LlamaRMSNorm, Qwen2RMSNorm): weight and variance_epsilon, _rmsnorm's ops."""
+    return type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon") \
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
 
 
 def _rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -138,8 +138,8 @@ def test_smollm2_samples_its_policy_through_the_step():
 
 
 def test_models_the_step_does_not_cover_keep_the_hugging_face_modules(tiny, monkeypatch):
-    """A sliding window, another dtype, autocast, the kernel switched off: unsupported says why and the sampler
-    calls the modules (the same policy)."""
+    """A sliding window, another norm, another dtype, autocast, the kernel switched off: unsupported says why and
+    the sampler calls the modules (the same policy)."""
     import grpo.decode_step
 
     model, tok = tiny
@@ -147,6 +147,10 @@ def test_models_the_step_does_not_cover_keep_the_hugging_face_modules(tiny, monk
     with decoding_linears(sliding) as rows:
         assert unsupported(sliding, rows) == "sliding-window attention"
         assert decoding_step(sliding, rows, N=2, max_len=8) is None
+    layer_norm = _qwen2(tok)
+    layer_norm.model.norm = torch.nn.LayerNorm(48)
+    with decoding_linears(layer_norm) as rows:
+        assert unsupported(layer_norm, rows) == "the final norm is not an RMS norm"
     bf16 = _qwen2(tok).to(torch.bfloat16)
     with decoding_linears(bf16) as rows:
         assert unsupported(bf16, rows) == "torch.bfloat16 on cpu"
