@@ -95,15 +95,13 @@ class LlamaStep:
     def __init__(self, lm, rows: dict, *, N: int, max_len: int):
         c, inner = lm.config, lm.model
         attn = inner.layers[0].self_attn
-        self.hd, self.Hkv = attn.head_dim, c.num_key_value_heads
-        self.H = c.num_attention_heads
         self.scale = attn.scaling
         self.embed, self.rotary = inner.embed_tokens.weight, inner.rotary_emb
         self.final = (inner.norm.weight, inner.norm.variance_epsilon)
         self.head = rows[lm.get_output_embeddings()]
         self.layers = []
         for layer in inner.layers:
-            K = torch.zeros(N, self.Hkv, max_len, self.hd)  # [N, Hkv, S, hd]
+            K = torch.zeros(N, c.num_key_value_heads, max_len, attn.head_dim)  # [N, Hkv, S, hd]
             self.layers.append((
                 (layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon),
                 *(rows[layer.get_submodule(name)] for name in PROJECTIONS),
